@@ -1,0 +1,365 @@
+"""The wire contract: every event voicemesh publishes, as Pydantic v2 models.
+
+Each event carries one envelope (``event_id``, ``occurred_at``, ``tenant``, ``call_id``,
+``source``, ``schema_version``) and a ``type`` literal that names it on the wire.
+``decode_event`` turns bytes into the right model or raises ``InvalidMessage``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal, TypeAlias
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from voicemesh.common.errors import InvalidMessage
+from voicemesh.common.tenancy import TENANT_ID_PATTERN
+
+__all__ = [
+    "CALL_ID_PATTERN",
+    "SCHEMA_VERSION",
+    "AnyEvent",
+    "CallAnswered",
+    "CallConnected",
+    "CallEnded",
+    "CallFailed",
+    "CallMissed",
+    "CallRequested",
+    "CallRinging",
+    "ControlCommand",
+    "ControlMessage",
+    "DeadLetter",
+    "EndReason",
+    "Envelope",
+    "FailureReason",
+    "LifecycleEvent",
+    "PushJob",
+    "SmsJob",
+    "Speaker",
+    "ToolError",
+    "ToolErrorCode",
+    "ToolEvent",
+    "ToolRequest",
+    "ToolResult",
+    "TranscriptSegment",
+    "decode_event",
+    "encode_event",
+    "event_schemas",
+    "new_call_id",
+    "new_event_id",
+]
+
+SCHEMA_VERSION = 1
+CALL_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+
+TenantId = Annotated[str, Field(pattern=TENANT_ID_PATTERN)]
+CallId = Annotated[str, Field(pattern=CALL_ID_PATTERN)]
+
+
+def new_event_id() -> str:
+    return uuid.uuid4().hex
+
+
+def new_call_id() -> str:
+    return uuid.uuid4().hex
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Envelope(BaseModel):
+    """Fields every event carries. ``event_id`` is also the JetStream dedup id."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    event_id: str = Field(default_factory=new_event_id, pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    occurred_at: datetime = Field(default_factory=_now)
+    tenant: TenantId
+    call_id: CallId | None = None
+    source: str = Field(min_length=1, max_length=64)
+    schema_version: int = SCHEMA_VERSION
+
+
+# --- call lifecycle ------------------------------------------------------------------------
+
+
+class EndReason(StrEnum):
+    HANGUP = "hangup"
+    AGENT_HANGUP = "agent_hangup"
+    ICE_FAILED = "ice_failed"
+    TIMEOUT = "timeout"
+    MAX_DURATION = "max_duration"
+    SERVER_SHUTDOWN = "server_shutdown"
+    CANCELLED = "cancelled"
+    ERROR = "error"
+
+
+class FailureReason(StrEnum):
+    NO_DEVICES = "no_devices"
+    PUSH_REJECTED = "push_rejected"
+    PUSH_UNAVAILABLE = "push_unavailable"
+    INVALID_REQUEST = "invalid_request"
+    CAPACITY = "capacity"
+    ERROR = "error"
+
+
+class _CallEvent(Envelope):
+    call_id: CallId
+
+
+class CallRequested(_CallEvent):
+    """A tenant backend (or the agent) asks for an outbound call to a user."""
+
+    type: Literal["call.requested"] = "call.requested"
+    user_id: str = Field(min_length=1, max_length=128)
+    caller_name: str = Field(default="", max_length=128)
+    handle: str = Field(default="", max_length=128)
+    ring_timeout_s: float = Field(default=30.0, gt=0, le=300)
+    purpose: str = Field(default="", max_length=256)
+    phone: str | None = Field(
+        default=None,
+        pattern=r"^\+[1-9][0-9]{6,14}$",
+        description="E.164 number for the missed-call text; no text is sent without it",
+    )
+
+
+class CallRinging(_CallEvent):
+    type: Literal["call.ringing"] = "call.ringing"
+    devices: int = Field(ge=0)
+
+
+class CallAnswered(_CallEvent):
+    type: Literal["call.answered"] = "call.answered"
+
+
+class CallConnected(_CallEvent):
+    type: Literal["call.connected"] = "call.connected"
+    direction: Literal["inbound", "outbound"] = "inbound"
+    vertical: str | None = None
+
+
+class CallEnded(_CallEvent):
+    type: Literal["call.ended"] = "call.ended"
+    reason: EndReason
+    duration_s: float = Field(default=0.0, ge=0)
+
+
+class CallMissed(_CallEvent):
+    type: Literal["call.missed"] = "call.missed"
+    user_id: str = ""
+
+
+class CallFailed(_CallEvent):
+    type: Literal["call.failed"] = "call.failed"
+    reason: FailureReason
+    detail: str = Field(default="", max_length=512)
+
+
+LifecycleEvent: TypeAlias = Annotated[
+    CallRequested
+    | CallRinging
+    | CallAnswered
+    | CallConnected
+    | CallEnded
+    | CallMissed
+    | CallFailed,
+    Field(discriminator="type"),
+]
+
+# --- transcript ----------------------------------------------------------------------------
+
+
+class Speaker(StrEnum):
+    CALLER = "caller"
+    AGENT = "agent"
+
+
+class TranscriptSegment(_CallEvent):
+    """One utterance of one speaker; ``segment_id`` makes redelivery harmless."""
+
+    type: Literal["transcript.segment"] = "transcript.segment"
+    segment_id: str = Field(pattern=r"^[A-Za-z0-9_.:-]{1,128}$")
+    speaker: Speaker
+    text: str = Field(max_length=8192)
+    start_s: float = Field(ge=0)
+    end_s: float = Field(ge=0)
+    final: bool = True
+
+
+# --- call control (core NATS) --------------------------------------------------------------
+
+
+class ControlCommand(StrEnum):
+    INTERRUPT = "interrupt"
+    HANGUP = "hangup"
+    DTMF = "dtmf"
+
+
+class ControlMessage(_CallEvent):
+    type: Literal["call.control"] = "call.control"
+    command: ControlCommand
+    digits: str = Field(default="", pattern=r"^[0-9*#A-D]{0,32}$")
+
+
+# --- tools (request/reply) -----------------------------------------------------------------
+
+
+class ToolErrorCode(StrEnum):
+    NOT_FOUND = "not_found"
+    SLOT_TAKEN = "slot_taken"
+    INVALID = "invalid"
+    UNAVAILABLE = "unavailable"
+    CONFLICT = "conflict"
+    FORBIDDEN = "forbidden"
+    TIMEOUT = "timeout"
+    INTERNAL = "internal"
+
+
+class ToolRequest(Envelope):
+    """A tool call from the agent. ``arguments`` are validated by the tool's own model."""
+
+    type: Literal["tool.request"] = "tool.request"
+    service: str = Field(pattern=r"^[a-z][a-z0-9_-]{0,31}$")
+    name: str = Field(pattern=r"^[a-z][a-z0-9_-]{0,63}$")
+    arguments: dict[str, Any] = Field(default_factory=dict)
+    idempotency_key: str | None = Field(default=None, max_length=128)
+
+
+class ToolError(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    code: ToolErrorCode
+    message: str = Field(max_length=1024)
+
+
+class ToolResult(Envelope):
+    """The answer to a ``ToolRequest``: either ``result`` or a typed ``error``."""
+
+    type: Literal["tool.result"] = "tool.result"
+    request_id: str
+    ok: bool
+    result: dict[str, Any] | None = None
+    error: ToolError | None = None
+
+
+class ToolEvent(Envelope):
+    """A record that a tool was called, published after it ran (audit and CRM feed on it)."""
+
+    type: Literal["tool.event"] = "tool.event"
+    service: str
+    name: str
+    request_id: str
+    ok: bool
+    error_code: ToolErrorCode | None = None
+    duration_ms: float = Field(ge=0)
+
+
+# --- jobs ----------------------------------------------------------------------------------
+
+
+class PushJob(Envelope):
+    """Ring (or stop ringing) a user's devices for a call."""
+
+    type: Literal["push.job"] = "push.job"
+    call_id: CallId
+    user_id: str = Field(min_length=1, max_length=128)
+    kind: Literal["ring", "cancel"] = "ring"
+    caller_name: str = Field(default="", max_length=128)
+    handle: str = Field(default="", max_length=128)
+    expires_at: datetime | None = None
+
+
+class SmsJob(Envelope):
+    """Send one text message; ``idempotency_key`` makes a retried job send once."""
+
+    type: Literal["sms.job"] = "sms.job"
+    idempotency_key: str = Field(min_length=1, max_length=128)
+    to: str = Field(pattern=r"^\+[1-9][0-9]{6,14}$")
+    body: str = Field(min_length=1, max_length=1600)
+    purpose: str = Field(default="", max_length=64)
+
+
+# --- dead letters --------------------------------------------------------------------------
+
+
+class DeadLetter(Envelope):
+    """A message a service could not handle, kept with the reason so an operator can act."""
+
+    type: Literal["dead_letter"] = "dead_letter"
+    subject: str
+    consumer: str
+    reason: str = Field(max_length=2048)
+    error_type: str
+    deliveries: int = Field(ge=0, default=1)
+    payload: str = Field(description="the original payload, UTF-8 with replacement, truncated")
+    payload_truncated: bool = False
+
+
+AnyEvent: TypeAlias = Annotated[
+    CallRequested
+    | CallRinging
+    | CallAnswered
+    | CallConnected
+    | CallEnded
+    | CallMissed
+    | CallFailed
+    | TranscriptSegment
+    | ControlMessage
+    | ToolRequest
+    | ToolResult
+    | ToolEvent
+    | PushJob
+    | SmsJob
+    | DeadLetter,
+    Field(discriminator="type"),
+]
+
+_ANY_EVENT: TypeAdapter[AnyEvent] = TypeAdapter(AnyEvent)
+
+
+def encode_event(event: Envelope) -> bytes:
+    return event.model_dump_json().encode()
+
+
+def decode_event(data: bytes | str) -> AnyEvent:
+    """Parse any voicemesh event, raising ``InvalidMessage`` with the reason on bad input."""
+    try:
+        return _ANY_EVENT.validate_json(data)
+    except ValidationError as exc:
+        raise InvalidMessage(_describe(exc)) from exc
+
+
+def _describe(exc: ValidationError) -> str:
+    errors = exc.errors(include_url=False, include_input=False)
+    parts = [f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in errors[:5]]
+    more = f" (+{len(errors) - 5} more)" if len(errors) > 5 else ""
+    return "; ".join(parts) + more
+
+
+def event_schemas() -> dict[str, dict[str, Any]]:
+    """JSON Schema of every wire event, keyed by its ``type``."""
+    models: list[type[Envelope]] = [
+        CallRequested,
+        CallRinging,
+        CallAnswered,
+        CallConnected,
+        CallEnded,
+        CallMissed,
+        CallFailed,
+        TranscriptSegment,
+        ControlMessage,
+        ToolRequest,
+        ToolResult,
+        ToolEvent,
+        PushJob,
+        SmsJob,
+        DeadLetter,
+    ]
+    schemas: dict[str, dict[str, Any]] = {}
+    for model in models:
+        type_name = model.model_fields["type"].default
+        schemas[str(type_name)] = model.model_json_schema()
+    return schemas

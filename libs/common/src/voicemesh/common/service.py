@@ -1,0 +1,199 @@
+"""The runtime every voicemesh service shares.
+
+A service builds a ``MeshService`` in its ``create_app(settings)``, registers its
+subscribers on ``service.broker`` and its routes on ``service.http``, and its ``__main__``
+calls ``run``. The service is a FastStream app (the broker and its hooks) served next to a
+small HTTP app with ``/healthz`` (200 only while the broker is connected) and ``/metrics``.
+
+Start order: resources (``on_startup``) → broker and subscribers → HTTP ready.
+Stop order (SIGTERM or Ctrl-C): HTTP stops accepting → broker drains in-flight handlers
+(``graceful_timeout``) → resources closed (``on_shutdown``, reverse order) → spans flushed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI, Response
+from faststream import FastStream
+from faststream.nats import NatsBroker
+from faststream.specification import AsyncAPI
+from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
+
+from voicemesh.common.bus import EventPublisher, make_broker
+from voicemesh.common.logs import configure_logging
+from voicemesh.common.settings import ServiceSettings
+from voicemesh.common.telemetry import Telemetry, setup_telemetry
+
+__all__ = ["Hook", "MeshService", "run"]
+
+log = logging.getLogger(__name__)
+
+Hook = Callable[[], Awaitable[None]]
+
+HEALTH_PING_TIMEOUT_S = 1.0
+
+
+class MeshService:
+    """One voicemesh service process: broker, HTTP app, telemetry and lifecycle hooks."""
+
+    def __init__(
+        self,
+        name: str,
+        settings: ServiceSettings,
+        *,
+        description: str = "",
+        telemetry: Telemetry | None = None,
+    ) -> None:
+        self.name = name
+        self.settings = settings
+        self.tenants = settings.tenant_registry()
+        self.telemetry = telemetry or setup_telemetry(name, otlp_endpoint=settings.otlp_endpoint)
+        self.broker: NatsBroker
+        self.broker, self._dead_letters = make_broker(settings, self.telemetry, name=name)
+        self.events = EventPublisher(self.broker)
+        self.faststream = FastStream(
+            self.broker,
+            specification=AsyncAPI(
+                title=f"voicemesh {name}", version="1.0.0", description=description
+            ),
+            logger=logging.getLogger(f"voicemesh.{name}.app"),
+        )
+        self._startup: list[Hook] = []
+        self._shutdown: list[Hook] = []
+        self._running = False
+        self.http = FastAPI(
+            title=f"voicemesh {name}",
+            description=description,
+            version="1.0.0",
+            lifespan=self._lifespan,
+        )
+        self._up = Gauge(
+            "voicemesh_broker_connected",
+            "1 while the service's NATS connection is up",
+            registry=self.telemetry.registry,
+        )
+        self.http.add_api_route(
+            "/healthz",
+            self._healthz,
+            methods=["GET"],
+            tags=["ops"],
+            summary="200 while the broker is connected, else 503",
+        )
+        self.http.add_api_route(
+            "/metrics",
+            self._metrics,
+            methods=["GET"],
+            tags=["ops"],
+            summary="Prometheus metrics",
+            include_in_schema=True,
+        )
+
+    # -- hooks ------------------------------------------------------------------------------
+
+    def on_startup(self, hook: Hook) -> Hook:
+        """Run ``hook`` before the broker starts (open databases and clients here)."""
+        self._startup.append(hook)
+        return hook
+
+    def on_shutdown(self, hook: Hook) -> Hook:
+        """Run ``hook`` after the broker has drained (close what ``on_startup`` opened)."""
+        self._shutdown.append(hook)
+        return hook
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        for hook in self._startup:
+            await hook()
+        await self.faststream.start()
+        self._running = True
+        log.info("%s started; NATS %s", self.name, ", ".join(self.settings.nats_urls))
+
+    async def stop(self) -> None:
+        """Drain and close; calling it twice is harmless."""
+        if not self._running:
+            return
+        self._running = False
+        try:
+            await self.faststream.stop()
+        finally:
+            for hook in reversed(self._shutdown):
+                try:
+                    await hook()
+                except Exception:
+                    log.exception("shutdown hook %r failed", hook)
+            self.telemetry.shutdown()
+            log.info("%s stopped", self.name)
+
+    @asynccontextmanager
+    async def _lifespan(self, _app: FastAPI) -> AsyncIterator[None]:
+        await self.start()
+        try:
+            yield
+        finally:
+            await self.stop()
+
+    async def connected(self) -> bool:
+        return self._running and await self.broker.ping(timeout=HEALTH_PING_TIMEOUT_S)
+
+    async def _healthz(self) -> Response:
+        ok = await self.connected()
+        self._up.set(1 if ok else 0)
+        body = f'{{"service":"{self.name}","broker":"{"connected" if ok else "disconnected"}"}}'
+        return Response(body, status_code=200 if ok else 503, media_type="application/json")
+
+    async def _metrics(self) -> Response:
+        self._up.set(1 if await self.connected() else 0)
+        return Response(generate_latest(self.telemetry.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+class _Server(uvicorn.Server):
+    """uvicorn, but a SIGTERM or SIGINT that shut the service down cleanly exits with 0.
+
+    (uvicorn re-raises the captured signal after shutdown, so the process would report
+    death by signal even when every call was drained.)
+    """
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.handle_exit, sig, None)
+        try:
+            yield
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+
+
+def run(service: MeshService, **uvicorn_options: Any) -> None:
+    """Serve ``service`` until SIGTERM or SIGINT, then shut down cleanly."""
+    settings = service.settings
+    config = uvicorn.Config(
+        service.http,
+        host=settings.http_host,
+        port=settings.http_port,
+        lifespan="on",
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=int(settings.graceful_timeout),
+        **uvicorn_options,
+    )
+    server = _Server(config)
+    asyncio.run(server.serve())
+    if not server.started:
+        raise SystemExit(1)
+
+
+def setup_process(service_name: str, settings: ServiceSettings) -> None:
+    """Logging for a service entry point; healthcare-class tenants get PHI redaction."""
+    redact = any(t.vertical.handles_phi for t in settings.tenant_registry())
+    configure_logging(service_name, settings.log_level, redact_phi=redact)

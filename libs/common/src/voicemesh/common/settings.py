@@ -1,0 +1,100 @@
+"""Settings shared by every service, read from ``VOICEMESH_*`` environment variables.
+
+Each service subclasses ``ServiceSettings`` with its own fields; settings are loaded only in
+a service's entry point and passed down, never read from module globals.
+Secrets are ``SecretStr`` so they never appear in a repr or a log line.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from voicemesh.common.tenancy import TenantRegistry, Vertical, validate_tenant_id
+
+__all__ = ["ServiceSettings"]
+
+
+class ServiceSettings(BaseSettings):
+    """Fields every voicemesh service has.
+
+    ``tenant`` is the tenant a per-tenant pod serves; ``"*"`` serves every tenant in
+    ``tenants`` (the local stack and the shared edge services do this).
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="VOICEMESH_", extra="ignore", populate_by_name=True
+    )
+
+    service_name: str = "voicemesh"
+
+    nats_urls: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["nats://127.0.0.1:4222"],
+        validation_alias=AliasChoices("VOICEMESH_NATS_URLS", "VOICEMESH_NATS_URL"),
+        description="comma-separated NATS server URLs",
+    )
+    nats_user: str | None = None
+    nats_password: SecretStr | None = None
+    nats_token: SecretStr | None = None
+    nats_creds_file: str | None = None
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    database_url: SecretStr = Field(
+        default=SecretStr("sqlite+aiosqlite:///voicemesh.db"),
+        validation_alias=AliasChoices("VOICEMESH_DATABASE_URL", "DATABASE_URL"),
+    )
+    otlp_endpoint: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("VOICEMESH_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"),
+        description="OTLP/HTTP base URL, e.g. http://jaeger:4318; unset exports nothing",
+    )
+
+    tenant: str = "*"
+    vertical: Vertical | None = None
+    tenants: Annotated[str, NoDecode] = Field(
+        default="",
+        description="'tenant:vertical,...'; empty means the six demo tenants",
+    )
+
+    log_level: str = "INFO"
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=8000, ge=0, le=65535)
+    graceful_timeout: float = Field(default=10.0, gt=0)
+
+    @field_validator("nats_urls", mode="before")
+    @classmethod
+    def _split_urls(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [u.strip() for u in value.split(",") if u.strip()]
+        return value
+
+    @field_validator("tenant")
+    @classmethod
+    def _check_tenant(cls, value: str) -> str:
+        return value if value == "*" else validate_tenant_id(value)
+
+    @field_validator("log_level")
+    @classmethod
+    def _check_level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in logging.getLevelNamesMapping():
+            raise ValueError(f"unknown log level {value!r}")
+        return level
+
+    def tenant_registry(self) -> TenantRegistry:
+        """The tenants this process serves."""
+        registry = TenantRegistry.parse(self.tenants) if self.tenants else TenantRegistry.demo()
+        if self.tenant != "*":
+            own = registry.get(self.tenant)
+            if own is None:
+                if self.vertical is None:
+                    raise ValueError(
+                        f"tenant {self.tenant!r} is not in VOICEMESH_TENANTS and "
+                        "VOICEMESH_VERTICAL is not set"
+                    )
+                return TenantRegistry.parse(f"{self.tenant}:{self.vertical.value}")
+            return TenantRegistry([own])
+        return registry

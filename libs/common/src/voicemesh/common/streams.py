@@ -1,0 +1,241 @@
+"""JetStream streams and durable consumers, defined once and provisioned idempotently.
+
+``apply`` creates what is missing and never overwrites what exists: an operator who changed
+a stream's retention or a consumer's ``max_deliver`` keeps the change. The only thing it adds
+to an existing stream is a subject the code needs and the stream lacks.
+Services subscribe with ``declare=False`` streams, so starting a service changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Literal
+
+from faststream.nats import JStream
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.client import JetStreamContext
+from nats.js.errors import NotFoundError
+
+from voicemesh.common import subjects
+
+__all__ = [
+    "CONSUMERS",
+    "STREAMS",
+    "ApplyResult",
+    "ConsumerSpec",
+    "StreamSpec",
+    "apply",
+    "consumer",
+    "durable_name",
+    "stream",
+]
+
+log = logging.getLogger(__name__)
+
+DAY = 86400.0
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    name: str
+    subjects: tuple[str, ...]
+    retention: RetentionPolicy = RetentionPolicy.LIMITS
+    max_age_s: float = 7 * DAY
+    duplicate_window_s: float = 120.0
+    description: str = ""
+
+    def config(self, storage: StorageType, replicas: int) -> StreamConfig:
+        return StreamConfig(
+            name=self.name,
+            description=self.description,
+            subjects=list(self.subjects),
+            retention=self.retention,
+            max_age=self.max_age_s,
+            duplicate_window=self.duplicate_window_s,
+            storage=storage,
+            num_replicas=replicas,
+        )
+
+    def jstream(self) -> JStream:
+        """The FastStream handle for subscribers: never declares or changes the stream."""
+        return JStream(name=self.name, declare=False)
+
+
+@dataclass(frozen=True)
+class ConsumerSpec:
+    """A durable pull consumer of one service on one stream."""
+
+    service: str
+    purpose: str
+    stream: str
+    filter: Literal["lifecycle", "transcript", "events", "push", "sms", "dlq"]
+    ack_wait_s: float = 30.0
+    max_deliver: int = 5
+    # Server-side backoff replaces ack_wait for every delivery, so a handler slower than its
+    # first step would be redelivered while still running; voicemesh retries with explicit
+    # NAK delays instead (bus.DeadLetterMiddleware) and leaves this empty by default.
+    backoff_s: tuple[float, ...] = field(default=())
+    max_ack_pending: int = 256
+
+    def filter_subject(self, tenant: str) -> str:
+        builders = {
+            "lifecycle": lambda: subjects.call_lifecycle(tenant, "*"),
+            "transcript": lambda: subjects.call_transcript(tenant, "*"),
+            "events": lambda: subjects.event(tenant, "*"),
+            "push": lambda: subjects.push_voip(tenant),
+            "sms": lambda: subjects.sms_outbound(tenant),
+            "dlq": lambda: subjects.dead_letter(tenant),
+        }
+        return builders[self.filter]()
+
+    def durable(self, tenant: str) -> str:
+        return durable_name(self.service, self.purpose, tenant)
+
+    def config(self, tenant: str) -> ConsumerConfig:
+        return ConsumerConfig(
+            durable_name=self.durable(tenant),
+            deliver_policy=DeliverPolicy.ALL,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=self.ack_wait_s,
+            max_deliver=self.max_deliver,
+            backoff=list(self.backoff_s) or None,
+            max_ack_pending=self.max_ack_pending,
+            filter_subject=self.filter_subject(tenant),
+        )
+
+
+def durable_name(service: str, purpose: str, tenant: str) -> str:
+    """``crm-calls`` for a process serving every tenant, ``crm-calls-acme`` for one tenant."""
+    base = f"{service}-{purpose}"
+    return base if tenant == "*" else f"{base}-{subjects.validate_token(tenant, 'tenant')}"
+
+
+STREAMS: dict[str, StreamSpec] = {
+    s.name: s
+    for s in (
+        StreamSpec(
+            "CALLS", (subjects.call_lifecycle("*", "*"),), description="call lifecycle events"
+        ),
+        StreamSpec(
+            "TRANSCRIPTS",
+            (subjects.call_transcript("*", "*"),),
+            max_age_s=30 * DAY,
+            description="transcript segments",
+        ),
+        StreamSpec(
+            "EVENTS",
+            (subjects.event("*", "*"),),
+            max_age_s=30 * DAY,
+            description="tool, push and SMS outcome events",
+        ),
+        StreamSpec(
+            "PUSH",
+            (subjects.push_voip("*"),),
+            retention=RetentionPolicy.WORK_QUEUE,
+            max_age_s=3600.0,
+            description="VoIP push jobs (work queue)",
+        ),
+        StreamSpec("SMS", (subjects.sms_outbound("*"),), description="outbound SMS jobs"),
+        StreamSpec(
+            "DLQ",
+            (subjects.dead_letter("*"),),
+            max_age_s=30 * DAY,
+            description="messages that could not be handled, with the reason",
+        ),
+    )
+}
+
+CONSUMERS: tuple[ConsumerSpec, ...] = (
+    ConsumerSpec("audit", "calls", "CALLS", "lifecycle"),
+    ConsumerSpec("audit", "events", "EVENTS", "events"),
+    ConsumerSpec("audit", "sms", "SMS", "sms"),
+    ConsumerSpec("transcript", "segments", "TRANSCRIPTS", "transcript"),
+    ConsumerSpec("crm", "calls", "CALLS", "lifecycle"),
+    ConsumerSpec("crm", "events", "EVENTS", "events"),
+    ConsumerSpec("push", "calls", "CALLS", "lifecycle", ack_wait_s=15.0),
+    ConsumerSpec("push", "jobs", "PUSH", "push", ack_wait_s=15.0),
+    ConsumerSpec("sms", "jobs", "SMS", "sms"),
+    ConsumerSpec("agent", "calls", "CALLS", "lifecycle", ack_wait_s=10.0),
+)
+
+
+def stream(name: str) -> StreamSpec:
+    return STREAMS[name]
+
+
+def consumer(service: str, purpose: str) -> ConsumerSpec:
+    for spec in CONSUMERS:
+        if spec.service == service and spec.purpose == purpose:
+            return spec
+    raise KeyError(f"no consumer {service}-{purpose} is defined")
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    kind: Literal["stream", "consumer"]
+    name: str
+    action: Literal["created", "unchanged", "subjects_added"]
+
+
+async def apply(
+    js: JetStreamContext,
+    *,
+    tenants: list[str] | None = None,
+    services: set[str] | None = None,
+    storage: StorageType = StorageType.FILE,
+    replicas: int = 1,
+) -> list[ApplyResult]:
+    """Create the streams and the durable consumers that are missing; change nothing else.
+
+    ``tenants`` lists the tenants whose consumers to create (``["*"]``, the default, makes
+    the all-tenant consumers the local stack uses); ``services`` limits which services'.
+    """
+    results: list[ApplyResult] = []
+    for spec in STREAMS.values():
+        results.append(await _apply_stream(js, spec, storage, replicas))
+    for tenant in tenants or ["*"]:
+        for cspec in CONSUMERS:
+            if services is not None and cspec.service not in services:
+                continue
+            results.append(await _apply_consumer(js, cspec, tenant))
+    return results
+
+
+async def _apply_stream(
+    js: JetStreamContext, spec: StreamSpec, storage: StorageType, replicas: int
+) -> ApplyResult:
+    try:
+        info = await js.stream_info(spec.name)
+    except NotFoundError:
+        await js.add_stream(spec.config(storage, replicas))
+        log.info("stream %s created", spec.name)
+        return ApplyResult("stream", spec.name, "created")
+    existing = list(info.config.subjects or [])
+    missing = [s for s in spec.subjects if s not in existing]
+    if not missing:
+        return ApplyResult("stream", spec.name, "unchanged")
+    # Keep every setting the operator chose; only add the subjects the code needs.
+    config = info.config
+    config.subjects = existing + missing
+    await js.update_stream(config)
+    log.warning("stream %s: added subjects %s, other settings kept", spec.name, missing)
+    return ApplyResult("stream", spec.name, "subjects_added")
+
+
+async def _apply_consumer(js: JetStreamContext, spec: ConsumerSpec, tenant: str) -> ApplyResult:
+    durable = spec.durable(tenant)
+    try:
+        await js.consumer_info(spec.stream, durable)
+    except NotFoundError:
+        await js.add_consumer(spec.stream, spec.config(tenant))
+        log.info("consumer %s on %s created", durable, spec.stream)
+        return ApplyResult("consumer", durable, "created")
+    return ApplyResult("consumer", durable, "unchanged")

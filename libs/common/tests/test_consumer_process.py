@@ -1,0 +1,201 @@
+"""A durable consumer in its own process, on a real JetStream: crash safety and dead letters."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from nats.aio.client import Client as NatsClient
+
+from voicemesh.common import CallConnected, DeadLetter, streams, subjects
+from voicemesh.common.embedded import EmbeddedServer
+from voicemesh.common.streams import ConsumerSpec
+from voicemesh.common.testing import ProcessTracker, ServiceProcess, wait_until
+
+HERE = Path(__file__).parent
+
+
+def _records(path: Path) -> list[tuple[str, int, str]]:
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        event_id, delivery, kind = line.split()
+        rows.append((event_id, int(delivery), kind))
+    return rows
+
+
+async def _start_probe(
+    processes: ProcessTracker,
+    nats_url: str,
+    tenant: str,
+    purpose: str,
+    record: Path,
+    hold_s: float,
+    extra: dict[str, str] | None = None,
+) -> ServiceProcess:
+    env = {
+        "PYTHONPATH": str(HERE),
+        "VOICEMESH_NATS_URL": nats_url,
+        "VOICEMESH_TENANT": tenant,
+        "VOICEMESH_TENANTS": f"{tenant}:salon",
+        "PROBE_RECORD": str(record),
+        "PROBE_PURPOSE": purpose,
+        "PROBE_HOLD_S": str(hold_s),
+        "PROBE_ACK_WAIT_S": "2",
+        **(extra or {}),
+    }
+    probe = processes.python_module("probe_service", env, name="probe")
+    await probe.wait_healthy()
+    return probe
+
+
+@pytest.fixture
+async def provisioned(nats: NatsClient) -> NatsClient:
+    await streams.apply(nats.jetstream(), services=set())
+    return nats
+
+
+async def test_sigkill_before_ack_redelivers_exactly_once_more(
+    provisioned: NatsClient,
+    nats_url: str,
+    processes: ProcessTracker,
+    unique: Callable[[str], str],
+    tmp_path: Path,
+) -> None:
+    js = provisioned.jetstream()
+    tenant, purpose = unique("t"), unique("p")
+    spec = ConsumerSpec("probe", purpose, "CALLS", "lifecycle", ack_wait_s=2)
+    await js.add_consumer("CALLS", spec.config(tenant))
+    record = tmp_path / "record.txt"
+
+    probe = await _start_probe(processes, nats_url, tenant, purpose, record, hold_s=60)
+    event = CallConnected(tenant=tenant, call_id=unique("c"), source="test")
+    await js.publish(
+        subjects.call_lifecycle(tenant, event.call_id),
+        event.model_dump_json().encode(),
+        headers={"Nats-Msg-Id": event.event_id},
+    )
+    await wait_until(lambda: _records(record), what="first delivery")
+    assert _records(record) == [(event.event_id, 1, "call.connected")]
+
+    probe.kill()  # SIGKILL while the handler holds the message unacknowledged
+    assert not probe.alive()
+
+    await _start_probe(processes, nats_url, tenant, purpose, record, hold_s=0)
+    await wait_until(lambda: len(_records(record)) >= 2, timeout=20, what="redelivery")
+
+    async def settled() -> bool:
+        info = await js.consumer_info("CALLS", spec.durable(tenant))
+        return bool(info.num_ack_pending == 0 and info.num_pending == 0)
+
+    await wait_until(settled, timeout=10, what="the redelivered event to be acked")
+    assert _records(record) == [
+        (event.event_id, 1, "call.connected"),
+        (event.event_id, 2, "call.connected"),
+    ]
+
+
+async def test_malformed_event_is_dead_lettered_and_consumer_goes_on(
+    provisioned: NatsClient,
+    nats_url: str,
+    processes: ProcessTracker,
+    unique: Callable[[str], str],
+    tmp_path: Path,
+) -> None:
+    js = provisioned.jetstream()
+    tenant, purpose = unique("t"), unique("p")
+    spec = ConsumerSpec("probe", purpose, "CALLS", "lifecycle", ack_wait_s=2)
+    await js.add_consumer("CALLS", spec.config(tenant))
+    record = tmp_path / "record.txt"
+    dead = await js.subscribe(subjects.dead_letter(tenant), stream="DLQ")
+    probe = await _start_probe(processes, nats_url, tenant, purpose, record, hold_s=0)
+
+    bad_call = unique("c")
+    bad_subject = subjects.call_lifecycle(tenant, bad_call)
+    await js.publish(
+        bad_subject, b'{"type": "call.connected", "tenant": ', headers={"Nats-Msg-Id": "bad-1"}
+    )
+    wrong_schema = json.dumps(
+        {
+            "type": "call.ended",
+            "tenant": tenant,
+            "call_id": bad_call,
+            "source": "test",
+            "reason": "coffee-break",
+        }
+    )
+    await js.publish(bad_subject, wrong_schema.encode(), headers={"Nats-Msg-Id": "bad-2"})
+    other_tenant = CallConnected(tenant=unique("other"), call_id=bad_call, source="test")
+    await js.publish(bad_subject, other_tenant.model_dump_json().encode(),
+                     headers={"Nats-Msg-Id": "bad-3"})  # fmt: skip
+    good = CallConnected(tenant=tenant, call_id=unique("c"), source="test")
+    await js.publish(
+        subjects.call_lifecycle(tenant, good.call_id),
+        good.model_dump_json().encode(),
+        headers={"Nats-Msg-Id": good.event_id},
+    )
+
+    entries = []
+    for _ in range(3):
+        msg = await dead.next_msg(timeout=15)
+        entries.append(DeadLetter.model_validate_json(msg.data))
+        await msg.ack()
+    assert {e.subject for e in entries} == {bad_subject}
+    assert all(e.tenant == tenant and e.source == "probe" and e.reason for e in entries)
+    assert any("reason" in e.reason for e in entries), [e.reason for e in entries]
+    assert any(e.payload.startswith('{"type": "call.connected"') for e in entries)
+    assert any("tenant mismatch" in e.reason for e in entries)
+
+    await wait_until(
+        lambda: any(r[0] == good.event_id for r in _records(record)),
+        what="the good event after the bad ones",
+    )
+    assert [r[0] for r in _records(record)] == [good.event_id]
+    assert probe.alive()
+
+    async def settled() -> bool:
+        info = await js.consumer_info("CALLS", spec.durable(tenant))
+        return bool(info.num_ack_pending == 0 and info.num_pending == 0)
+
+    await wait_until(settled, what="bad messages acked, not redelivered")
+
+
+async def test_nats_restart_is_survived(
+    provisioned: NatsClient,
+    nats_server: EmbeddedServer,
+    nats_url: str,
+    processes: ProcessTracker,
+    unique: Callable[[str], str],
+    tmp_path: Path,
+) -> None:
+    js = provisioned.jetstream()
+    tenant, purpose = unique("t"), unique("p")
+    spec = ConsumerSpec("probe", purpose, "CALLS", "lifecycle", ack_wait_s=2)
+    await js.add_consumer("CALLS", spec.config(tenant))
+    record = tmp_path / "record.txt"
+    probe = await _start_probe(processes, nats_url, tenant, purpose, record, hold_s=0)
+
+    nats_server.restart()
+    await probe.wait_healthy(timeout=20)
+    event = CallConnected(tenant=tenant, call_id=unique("c"), source="test")
+
+    async def published() -> bool:
+        try:
+            await js.publish(
+                subjects.call_lifecycle(tenant, event.call_id),
+                event.model_dump_json().encode(),
+                headers={"Nats-Msg-Id": event.event_id},
+                timeout=1,
+            )
+        except Exception:
+            return False
+        return True
+
+    await wait_until(published, timeout=15, what="JetStream back after the restart")
+    await wait_until(lambda: _records(record), timeout=20, what="delivery after NATS restart")
+    assert _records(record)[0][0] == event.event_id
+    await asyncio.sleep(0)

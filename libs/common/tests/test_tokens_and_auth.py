@@ -1,0 +1,74 @@
+"""Call tokens and tenant API keys: the credentials every HTTP API checks."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+from fastapi import Depends, FastAPI
+
+from voicemesh.common import TenantRegistry, Unauthorized
+from voicemesh.common.auth import ApiKeys, tenant_guard
+from voicemesh.common.db import async_url
+from voicemesh.common.tokens import issue_call_token, verify_call_token
+
+SECRET = "s" * 40
+
+
+def test_call_token_round_trip_and_binding() -> None:
+    token, claims = issue_call_token(SECRET, "acme", "c1", user_id="u1")
+    verified = verify_call_token(SECRET, token, tenant="acme", call_id="c1")
+    assert verified == claims
+    with pytest.raises(Unauthorized, match="another tenant"):
+        verify_call_token(SECRET, token, tenant="other")
+    with pytest.raises(Unauthorized, match="another call"):
+        verify_call_token(SECRET, token, call_id="c2")
+
+
+def test_forged_and_expired_tokens_are_refused() -> None:
+    token, _ = issue_call_token(SECRET, "acme", "c1")
+    with pytest.raises(Unauthorized, match="invalid"):
+        verify_call_token("x" * 40, token)
+    with pytest.raises(Unauthorized, match="invalid"):
+        verify_call_token(SECRET, token[:-4] + "AAAA")
+    old, _ = issue_call_token(SECRET, "acme", "c1", ttl_s=10, now=time.time() - 60)
+    with pytest.raises(Unauthorized, match="expired"):
+        verify_call_token(SECRET, old)
+    with pytest.raises(ValueError, match="32"):
+        issue_call_token("short", "acme", "c1")
+
+
+async def test_tenant_guard_answers_401_403_404() -> None:
+    keys = ApiKeys.parse("acme:acme-key-0123456789, other:other-key-0123456789")
+    guard = tenant_guard(keys, TenantRegistry.parse("acme:salon,other:legal"))
+    app = FastAPI()
+
+    @app.get("/v1/{tenant}/ping")
+    async def ping(tenant: str = Depends(guard)) -> dict[str, str]:
+        return {"tenant": tenant}
+
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        ok = await client.get(
+            "/v1/acme/ping", headers={"Authorization": "Bearer acme-key-0123456789"}
+        )
+        assert ok.json() == {"tenant": "acme"}
+        assert (await client.get("/v1/acme/ping")).status_code == 401
+        other = {"Authorization": "Bearer other-key-0123456789"}
+        assert (await client.get("/v1/acme/ping", headers=other)).status_code == 403
+        assert (await client.get("/v1/nobody/ping", headers=other)).status_code == 404
+        assert (await client.get("/v1/BAD!/ping", headers=other)).status_code == 422
+
+
+def test_short_keys_and_bad_specs_are_refused() -> None:
+    with pytest.raises(ValueError, match="shorter"):
+        ApiKeys.parse("acme:short")
+    with pytest.raises(ValueError, match="tenant:key"):
+        ApiKeys.parse("acme")
+
+
+def test_database_urls_get_async_drivers() -> None:
+    assert async_url("sqlite:///x.db") == "sqlite+aiosqlite:///x.db"
+    assert async_url("postgresql://u@h/db") == "postgresql+asyncpg://u@h/db"
+    assert async_url("sqlite+aiosqlite:///x.db") == "sqlite+aiosqlite:///x.db"

@@ -1,0 +1,1 @@
+"""Providers of speech to text, dialog and text to speech, behind one interface (``base``)."""

@@ -1,0 +1,435 @@
+"""The ``openai-realtime`` provider: speech to speech over the OpenAI Realtime WebSocket.
+
+One Realtime connection per call (``client.realtime.connect``, GA event names). It fits the
+common ``Provider`` interface so the call session keeps owning voice activity, turn taking,
+barge-in, silence prompts and degradation: the agent's own end-of-turn detector commits the
+input buffer (server VAD is off), the transcriber returns the Realtime input transcription,
+the conversation asks for a response (running its function calls as NATS tools and sending
+``function_call_output`` items until the model speaks), and the synthesizer hands back the
+audio the model spoke for that text. Fixed lines (the greeting, "are you still there?")
+are spoken by the model out of band (``conversation: "none"``) in the same voice.
+
+A dropped connection or an ``error`` event fails the waiting step with ``ProviderError``;
+the session then apologises in the offline voice and hands the call off, never silence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from openai import AsyncOpenAI
+from openai.resources.realtime.realtime import AsyncRealtimeConnection
+
+from voicemesh.agent.providers.base import CallContext, ProviderError, Reply
+from voicemesh.agent.providers.openai_chat import openai_client
+from voicemesh.agent.providers.openai_tools import END_CALL, MAX_TOOL_STEPS, ToolBox
+from voicemesh.agent.speech import resample
+
+__all__ = ["OpenAIRealtimeProvider", "RealtimeLink"]
+
+log = logging.getLogger(__name__)
+
+RATE: Final = 24000  # Realtime "audio/pcm" is 24 kHz s16le mono both ways
+IN_RATE = 16000
+#: Caller audio is sent in appends of at least this much (100 ms): fewer, larger messages.
+APPEND_BYTES = 24000 // 10 * 2
+_CLOSED = object()
+
+
+@dataclass
+class _Response:
+    """What one ``response.create`` produced."""
+
+    audio: bytearray = field(default_factory=bytearray)
+    transcript: str = ""
+    calls: list[tuple[str, str, str]] = field(default_factory=list)  # (call_id, name, args)
+    message_id: str | None = None  # the conversation item of the spoken message
+
+
+class RealtimeLink:
+    """One call's Realtime connection: a reader task, a sender task and the pending audio."""
+
+    def __init__(
+        self,
+        client: AsyncOpenAI,
+        context: CallContext,
+        *,
+        model: str,
+        transcribe_model: str,
+        voice: str,
+        timeout_s: float,
+    ) -> None:
+        self._client = client
+        self._model = model
+        self._transcribe_model = transcribe_model
+        self._voice = voice
+        self._timeout = timeout_s
+        self.context = context
+        self.toolbox = ToolBox(context)
+        self.failure: str | None = None
+        self.spoken: dict[str, bytes] = {}  # reply text -> the audio the model spoke for it
+        self._conn: AsyncRealtimeConnection | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._sender: asyncio.Task[None] | None = None
+        self._outgoing = bytearray()
+        self._clear_first = False
+        self._awaiting_transcript = False
+        self._wake = asyncio.Event()
+        self._send_lock = asyncio.Lock()
+        self._response_lock = asyncio.Lock()
+        self._events: asyncio.Queue[Any] = asyncio.Queue()
+        self._transcripts: asyncio.Queue[Any] = asyncio.Queue()
+
+    # -- connection ----------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        try:
+            self._conn = await asyncio.wait_for(
+                self._client.realtime.connect(model=self._model).enter(), self._timeout
+            )
+            await self._conn.session.update(
+                session={
+                    "type": "realtime",
+                    "instructions": self.toolbox.instructions(),
+                    "tools": self.toolbox.realtime_tools(),  # type: ignore[typeddict-item]
+                    "output_modalities": ["audio"],
+                    "audio": {
+                        "input": {
+                            "format": {"type": "audio/pcm", "rate": RATE},
+                            "turn_detection": None,
+                            "transcription": {"model": self._transcribe_model},
+                        },
+                        "output": {
+                            "format": {"type": "audio/pcm", "rate": RATE},
+                            "voice": self._voice,
+                        },
+                    },
+                }
+            )
+        except Exception as exc:
+            # Any failure to connect (refused, 401 at the handshake, timeout, a vendor error)
+            # is the provider's: the call still goes on, and its greeting apologises.
+            self._fail(f"connect: {type(exc).__name__}")
+            return
+        self._reader = asyncio.create_task(
+            self._read(), name=f"realtime-read-{self.context.call_id}"
+        )
+        self._sender = asyncio.create_task(
+            self._send_audio(), name=f"realtime-send-{self.context.call_id}"
+        )
+
+    async def close(self) -> None:
+        for task in (self._sender, self._reader):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._sender = self._reader = None
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                await self._conn.close()
+            self._conn = None
+
+    def _fail(self, reason: str) -> None:
+        if self.failure is None:
+            log.warning("realtime connection failed (%s)", reason)
+            self.failure = reason
+        self._events.put_nowait(_CLOSED)
+        self._transcripts.put_nowait(_CLOSED)
+
+    async def _read(self) -> None:
+        assert self._conn is not None
+        try:
+            async for event in self._conn:
+                kind = getattr(event, "type", None)
+                if kind == "conversation.item.input_audio_transcription.completed":
+                    self._transcripts.put_nowait(str(getattr(event, "transcript", "")))
+                elif kind == "conversation.item.input_audio_transcription.failed":
+                    self._transcripts.put_nowait("")
+                elif kind == "error":
+                    error = getattr(event, "error", None)
+                    log.warning("realtime error event: %s", getattr(error, "code", None))
+                    self._events.put_nowait(event)
+                    if self._awaiting_transcript:  # most likely the commit was refused
+                        self._transcripts.put_nowait("")
+                elif isinstance(kind, str) and kind.startswith("response."):
+                    self._events.put_nowait(event)
+            self._fail("closed")
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._fail(type(exc).__name__)
+
+    async def _send(self, event: dict[str, Any]) -> None:
+        if self.failure is not None or self._conn is None:
+            raise ProviderError(f"realtime connection is down ({self.failure})")
+        try:
+            async with self._send_lock:
+                await self._conn.send(event)  # type: ignore[arg-type]  # plain client event
+        except Exception as exc:
+            self._fail(type(exc).__name__)
+            raise ProviderError(f"realtime send failed: {type(exc).__name__}") from exc
+
+    # -- caller audio --------------------------------------------------------------------------
+
+    def append(self, pcm16k: bytes) -> None:
+        self._outgoing += resample(pcm16k, IN_RATE, RATE)
+        if len(self._outgoing) >= APPEND_BYTES:
+            self._wake.set()
+
+    async def _send_audio(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            await self._flush()
+
+    async def _flush(self) -> None:
+        chunk, self._outgoing = bytes(self._outgoing), bytearray()
+        with contextlib.suppress(ProviderError):
+            if self._clear_first:
+                self._clear_first = False
+                await self._send({"type": "input_audio_buffer.clear"})
+            if chunk:
+                audio = base64.b64encode(chunk).decode()
+                await self._send({"type": "input_audio_buffer.append", "audio": audio})
+
+    def new_utterance(self) -> None:
+        """Forget audio of an utterance that was never committed (a cough, a false start)."""
+        self._outgoing.clear()
+        self._clear_first = True
+
+    async def commit(self) -> str:
+        """End the caller's turn: commit the buffer, return its transcription ('' on failure)."""
+        while not self._transcripts.empty():
+            if self._transcripts.get_nowait() is _CLOSED:  # else a late answer of a past turn
+                return ""
+        self._awaiting_transcript = True
+        try:
+            await self._flush()
+            await self._send({"type": "input_audio_buffer.commit"})
+            heard = await asyncio.wait_for(self._transcripts.get(), self._timeout)
+        except (ProviderError, TimeoutError) as exc:
+            # Never raise here (the audio loop must live on); a dead link fails the reply.
+            log.warning("realtime commit got no transcription (%s)", type(exc).__name__)
+            return ""
+        finally:
+            self._awaiting_transcript = False
+        return "" if heard is _CLOSED else str(heard)
+
+    # -- responses -----------------------------------------------------------------------------
+
+    async def respond(self, **options: Any) -> _Response:
+        async with self._response_lock:
+            while not self._events.empty():
+                if self._events.get_nowait() is _CLOSED:
+                    raise ProviderError(f"realtime connection is down ({self.failure})")
+            await self._send({"type": "response.create", "response": options})
+            result = _Response()
+            parts: list[str] = []
+            while True:
+                try:
+                    event = await asyncio.wait_for(self._events.get(), self._timeout)
+                except TimeoutError as exc:
+                    raise ProviderError("realtime response timed out") from exc
+                if event is _CLOSED:
+                    raise ProviderError(f"realtime connection is down ({self.failure})")
+                kind = event.type
+                if kind == "response.output_item.added":
+                    if getattr(event.item, "type", None) == "message":
+                        result.message_id = getattr(event.item, "id", None)
+                elif kind == "response.output_audio.delta":
+                    result.audio += base64.b64decode(event.delta)
+                elif kind == "response.output_audio_transcript.delta":
+                    parts.append(event.delta)
+                elif kind == "response.output_audio_transcript.done":
+                    result.transcript = str(event.transcript)
+                elif kind == "response.function_call_arguments.done":
+                    result.calls.append((event.call_id, event.name, event.arguments))
+                elif kind == "error":
+                    raise ProviderError(f"realtime error: {getattr(event.error, 'code', None)}")
+                elif kind == "response.done":
+                    status = getattr(event.response, "status", None)
+                    if status in {"failed", "cancelled"}:
+                        raise ProviderError(f"realtime response {status}")
+                    break
+            result.transcript = (result.transcript or "".join(parts)).strip()
+            return result
+
+    async def say(self, text: str) -> bytes:
+        """``text`` spoken by the model, out of band (not added to the conversation)."""
+        result = await self.respond(
+            conversation="none", output_modalities=["audio"], instructions=f"Say exactly: {text}"
+        )
+        return bytes(result.audio)
+
+    async def truncate(self, item_id: str, audio_end_ms: int) -> None:
+        """The caller heard only ``audio_end_ms`` of the item's audio: the server drops the
+        rest, and its transcript, from the conversation."""
+        await self._send(
+            {
+                "type": "conversation.item.truncate",
+                "item_id": item_id,
+                "content_index": 0,
+                "audio_end_ms": audio_end_ms,
+            }
+        )
+
+    async def function_output(self, call_id: str, output: str) -> None:
+        await self._send(
+            {
+                "type": "conversation.item.create",
+                "item": {"type": "function_call_output", "call_id": call_id, "output": output},
+            }
+        )
+
+
+class RealtimeTranscriber:
+    def __init__(self, link: RealtimeLink, on_close: Callable[[], object]) -> None:
+        self._link = link
+        self._on_close = on_close
+
+    async def open(self) -> None:
+        await self._link.open()
+
+    def start_utterance(self) -> None:
+        self._link.new_utterance()
+
+    def feed(self, pcm: bytes) -> None:
+        if self._link.failure is None:
+            self._link.append(pcm)
+
+    async def finish_utterance(self) -> str:
+        return await self._link.commit()
+
+    async def close(self) -> None:
+        await self._link.close()
+        self._on_close()
+
+
+class RealtimeConversation:
+    def __init__(self, link: RealtimeLink) -> None:
+        self._link = link
+        self._profile = link.context.profile
+        self._items: dict[str, str] = {}  # what the agent said -> its conversation item
+
+    async def greeting(self) -> Reply:
+        text = self._link.toolbox.greeting()
+        result = await self._link.respond(instructions=f"Say exactly: {text}")
+        spoken = result.transcript or text
+        self._link.spoken[spoken] = bytes(result.audio)
+        self._remember(spoken, result)
+        return Reply(spoken)
+
+    def _remember(self, spoken: str, result: _Response) -> None:
+        if result.message_id is not None:
+            self._items[spoken] = result.message_id
+
+    async def interrupted(self, said: str, heard: str, played_ms: int) -> None:
+        """Truncate the item the caller spoke over at what was played of it."""
+        item = self._items.get(said)
+        if item is not None and self._link.failure is None:
+            await self._link.truncate(item, played_ms)
+
+    async def respond(self, text: str) -> Reply:
+        link = self._link
+        if link.failure is not None:
+            raise ProviderError(f"realtime connection is down ({link.failure})")
+        # The caller's audio is already in the conversation (committed); just answer it.
+        audio, words, intent = bytearray(), [], None
+        for _ in range(MAX_TOOL_STEPS):
+            result = await link.respond()
+            audio += result.audio
+            if result.transcript:
+                words.append(result.transcript)
+            if not result.calls:
+                spoken = " ".join(words) or self._profile.messages.didnt_catch
+                if audio:
+                    link.spoken[spoken] = bytes(audio)
+                if len(audio) == len(result.audio):  # one item spoke all of it
+                    self._remember(spoken, result)
+                return Reply(spoken, intent=intent)
+            hangup, farewell = False, None
+            for call_id, name, arguments in result.calls:
+                outcome = await link.toolbox.execute(name, arguments)
+                await link.function_output(call_id, outcome.output)
+                intent = intent or (name if name != END_CALL else None)
+                if outcome.hangup:
+                    hangup, farewell = True, outcome.farewell
+            if hangup:
+                goodbye = farewell or self._profile.messages.goodbye
+                return Reply(goodbye, hangup=True, intent=intent or "goodbye")
+        raise ProviderError("the model kept calling tools")
+
+
+class RealtimeVoice:
+    sample_rate = RATE
+
+    def __init__(self, link: RealtimeLink) -> None:
+        self._link = link
+
+    async def synthesize(self, text: str) -> bytes:
+        audio = self._link.spoken.pop(text, None)
+        if audio:
+            return audio
+        return await self._link.say(text)
+
+
+class OpenAIRealtimeProvider:
+    """``VOICEMESH_AGENT_PROVIDER=openai-realtime``: one Realtime connection per call."""
+
+    name = "openai-realtime"
+
+    def __init__(
+        self,
+        *,
+        api_key: str,
+        base_url: str | None,
+        model: str,
+        transcribe_model: str,
+        voice: str,
+        timeout_s: float,
+    ) -> None:
+        self._client = openai_client(api_key, base_url, timeout_s)
+        self._model = model
+        self._transcribe_model = transcribe_model
+        self._voice = voice
+        self._timeout = timeout_s
+        self.links: dict[str, RealtimeLink] = {}
+
+    def _link(self, context: CallContext) -> RealtimeLink:
+        link = self.links.get(context.call_id)
+        if link is None:
+            link = RealtimeLink(
+                self._client,
+                context,
+                model=self._model,
+                transcribe_model=self._transcribe_model,
+                voice=self._voice,
+                timeout_s=self._timeout,
+            )
+            self.links[context.call_id] = link
+        return link
+
+    def transcriber(self, context: CallContext) -> RealtimeTranscriber:
+        # The session closes the transcriber when the call ends: the link goes with it.
+        return RealtimeTranscriber(
+            self._link(context), lambda: self.links.pop(context.call_id, None)
+        )
+
+    def synthesizer(self, context: CallContext) -> RealtimeVoice:
+        return RealtimeVoice(self._link(context))
+
+    def conversation(self, context: CallContext) -> RealtimeConversation:
+        return RealtimeConversation(self._link(context))
+
+    async def close(self) -> None:
+        for link in list(self.links.values()):
+            await link.close()
+        self.links.clear()
+        await self._client.close()

@@ -1,0 +1,191 @@
+"""The offline dialog of every vertical, line by line, with tools answered over real NATS."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+from nats.aio.client import Client as NatsClient
+
+from voicemesh.agent.dialog import OfflineConversation, ToolUnavailable
+from voicemesh.agent.profiles import ProfileError, ProfileLibrary
+from voicemesh.agent.providers.base import CallContext, CallTools
+from voicemesh.agent.testing import standard_desk
+from voicemesh.common.tenancy import Tenant, Vertical
+from voicemesh.common.tools import ToolClient
+
+NEW_YORK = ZoneInfo("America/New_York")
+#: Tuesday 24 November 2026, 10:00 in New York
+NOW = datetime(2026, 11, 24, 10, 0, tzinfo=NEW_YORK)
+
+LIBRARY = ProfileLibrary()
+
+
+def _conversation(nats: NatsClient, tenant: str, profile: str) -> OfflineConversation:
+    context = CallContext(
+        tenant=Tenant(id=tenant, vertical=Vertical(profile)),
+        call_id="call1",
+        profile=LIBRARY.get(profile),
+        tools=CallTools(ToolClient(nats, source="agent"), tenant, "call1"),
+        now=lambda: NOW,
+    )
+    return OfflineConversation(context)
+
+
+@pytest.mark.parametrize("profile", LIBRARY.names())
+async def test_each_vertical_demo_script_reaches_its_goal(nats: NatsClient, profile: str) -> None:
+    tenant = f"t-{profile.replace('_', '-')}"
+    desk = standard_desk(nats, tenant)
+    await desk.start()
+    conversation = _conversation(nats, tenant, profile)
+    greeting = await conversation.greeting()
+    assert greeting.text == LIBRARY.get(profile).greeting
+    for step in LIBRARY.get(profile).demo_script:
+        reply = await conversation.respond(step.say)
+        assert step.expect.lower() in reply.text.lower(), (step.say, reply.text)
+    assert reply.hangup
+    await desk.stop()
+    booked = desk.calls("calendar.book")
+    filed = desk.calls("crm.file_claim")
+    assert booked or filed
+    if booked:
+        start = datetime.fromisoformat(booked[-1].arguments["start"])
+        assert start.tzinfo is not None and start.utcoffset() == NOW.utcoffset()
+        assert desk.calls("sms.send"), "a confirmation text is sent"
+        assert desk.calls("sms.send")[-1].arguments["to"].startswith("+1555")
+
+
+async def test_salon_books_tomorrow_at_three_pm_local_time(nats: NatsClient) -> None:
+    desk = standard_desk(nats, "t-salon")
+    await desk.start()
+    conversation = _conversation(nats, "t-salon", "salon")
+    for line in [
+        "i would like to book a haircut with maria tomorrow at three p m",
+        "my name is john smith",
+        "five five five one two three four five six seven",
+        "yes please",
+    ]:
+        reply = await conversation.respond(line)
+    assert "all set" in reply.text
+    (book,) = desk.calls("calendar.book")
+    assert book.arguments["start"] == "2026-11-25T15:00:00-05:00"
+    assert book.arguments["name"] == "John Smith"
+    assert book.idempotency_key
+    (sms,) = desk.calls("sms.send")
+    assert sms.arguments["to"] == "+15551234567"
+    assert "tomorrow, Wednesday November 25 at 3 PM" in sms.arguments["body"]
+
+
+async def test_a_taken_slot_asks_for_another_time_then_books(nats: NatsClient) -> None:
+    desk = standard_desk(nats, "t-salon")
+    await desk.start()
+    first = _conversation(nats, "t-salon", "salon")
+    for line in ["book a color with james monday at ten a m", "it's mary lee",
+                 "five five five one one one two two two two", "yes"]:  # fmt: skip
+        await first.respond(line)
+    second = _conversation(nats, "t-salon", "salon")
+    second._ctx.call_id = "call2"
+    for line in ["book a color with james monday at ten a m", "it's anna taylor",
+                 "five five five three three three two two two two"]:  # fmt: skip
+        await second.respond(line)
+    reply = await second.respond("yes")
+    assert "already taken" in reply.text
+    reply = await second.respond("how about monday at eleven a m")
+    assert "Shall I book it" in reply.text
+    reply = await second.respond("yes")
+    assert "all set" in reply.text
+    starts = [r.arguments["start"] for r in desk.calls("calendar.book")]
+    assert starts == ["2026-11-30T10:00:00-05:00"] * 2 + ["2026-11-30T11:00:00-05:00"]
+
+
+async def test_legal_conflict_declines_without_booking(nats: NatsClient) -> None:
+    desk = standard_desk(nats, "t-legal", conflicted={"David Wilson"})
+    await desk.start()
+    conversation = _conversation(nats, "t-legal", "legal")
+    await conversation.respond("i would like to book a consultation about a divorce")
+    await conversation.respond("my name is sarah wilson")
+    reply = await conversation.respond("david wilson")
+    assert "conflict of interest" in reply.text and reply.hangup
+    assert desk.calls("crm.conflict_check")[0].arguments == {
+        "parties": ["Sarah Wilson", "David Wilson"]
+    }
+    assert not desk.calls("calendar.book")
+
+
+async def test_insurance_policy_lookup_reads_the_policy(nats: NatsClient) -> None:
+    desk = standard_desk(nats, "t-ins")
+    await desk.start()
+    conversation = _conversation(nats, "t-ins", "insurance")
+    reply = await conversation.respond("can you look up my policy")
+    assert "six digit" in reply.text
+    reply = await conversation.respond("nine nine nine nine nine nine")
+    assert "couldn't find" in reply.text
+    reply = await conversation.respond("four one two five five one")
+    assert "Anna Garcia is active" in reply.text and "500 dollars" in reply.text
+
+
+async def test_unexpected_tool_failure_raises_for_the_apology(nats: NatsClient) -> None:
+    # No tool services at all: the booking cannot be made and the dialog says so loudly.
+    conversation = _conversation(nats, "t-salon", "salon")
+    for line in ["book a manicure with sophie friday at two p m", "my name is emma brown",
+                 "five five five one two three four five six seven"]:  # fmt: skip
+        await conversation.respond(line)
+    with pytest.raises(ToolUnavailable):
+        await conversation.respond("yes")
+
+
+async def test_a_seventh_vertical_is_a_new_file(nats: NatsClient, tmp_path: Path) -> None:
+    text = (Path(__file__).parent / "data" / "veterinary.yaml").read_text()
+    (tmp_path / "veterinary.yaml").write_text(text)
+    library = ProfileLibrary([tmp_path])
+    assert "veterinary" in library.names()
+    desk = standard_desk(nats, "t-vet")
+    await desk.start()
+    context = CallContext(
+        tenant=Tenant(id="t-vet", vertical=Vertical.SALON),
+        call_id="call9",
+        profile=library.get("veterinary"),
+        tools=CallTools(ToolClient(nats, source="agent"), "t-vet", "call9"),
+        now=lambda: NOW,
+    )
+    conversation = OfflineConversation(context)
+    for step in library.get("veterinary").demo_script:
+        reply = await conversation.respond(step.say)
+        assert step.expect.lower() in reply.text.lower(), (step.say, reply.text)
+    (book,) = desk.calls("calendar.book")
+    assert book.arguments["start"] == "2026-11-26T09:00:00-05:00"
+
+
+def test_a_profile_with_unpronounceable_words_is_refused(tmp_path: Path) -> None:
+    text = (Path(__file__).parent / "data" / "veterinary.yaml").read_text()
+    (tmp_path / "broken.yaml").write_text(
+        text.replace("name: veterinary", "name: broken").replace(
+            "[rex, bella, max]", "[rex, xqzzy]"
+        )
+    )
+    with pytest.raises(ProfileError, match="xqzzy"):
+        ProfileLibrary([tmp_path])
+
+
+async def test_is_complete_knows_a_whole_answer_from_a_pause(nats: NatsClient) -> None:
+    """A short pause ends the turn only when the words already answer the question."""
+    desk = standard_desk(nats, "t-salon")
+    await desk.start()
+    conversation = _conversation(nats, "t-salon", "salon")
+    await conversation.respond("i would like to book a haircut with maria tomorrow at three p m")
+    assert conversation.state.pending == "name"
+    assert not conversation.is_complete("my name is mary")  # a surname may follow
+    assert conversation.is_complete("my name is mary jones")
+    await conversation.respond("my name is mary jones")
+    assert conversation.state.pending == "phone"
+    assert not conversation.is_complete("five five five two three four")
+    assert conversation.is_complete("five five five two three four five six seven eight")
+    state = (conversation.state.pending, dict(conversation.state.slots))
+    await conversation.respond("five five five two three four five six seven eight")
+    assert conversation.state.confirming
+    assert conversation.is_complete("yes please") and conversation.is_complete("no")
+    assert not conversation.is_complete("um")
+    assert state[0] == "phone"  # is_complete changed nothing
+    await desk.stop()

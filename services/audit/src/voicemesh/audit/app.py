@@ -1,0 +1,65 @@
+"""The audit service application: ``create_app(settings)`` wires it, ``__main__`` runs it.
+
+Three durable consumers (``audit-calls``, ``audit-events``, ``audit-sms``) feed one chain
+writer; the HTTP API reads the log. The database opens before the broker starts and
+closes after it has drained, so no consumed event is left without its transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from voicemesh.audit.api import audit_router
+from voicemesh.audit.ingest import AuditIngest
+from voicemesh.audit.settings import AuditSettings
+from voicemesh.audit.store import AuditStore, ChainWriter
+from voicemesh.common import MeshService
+from voicemesh.common.auth import ApiKeys
+from voicemesh.common.db import Database
+from voicemesh.common.streams import consumer
+
+__all__ = ["CONSUMER_PURPOSES", "create_app"]
+
+log = logging.getLogger(__name__)
+
+CONSUMER_PURPOSES = ("calls", "events", "sms")
+
+
+def _api_keys(settings: AuditSettings) -> ApiKeys:
+    spec = settings.api_keys.get_secret_value()
+    if settings.api_keys_file is not None:
+        spec += "," + settings.api_keys_file.read_text()
+    return ApiKeys.parse(spec)
+
+
+def create_app(settings: AuditSettings) -> MeshService:
+    service = MeshService(
+        "audit",
+        settings,
+        description="Audit service: an append-only, hash-chained record of every event.",
+    )
+    db = Database(settings.database_url.get_secret_value())
+    store = AuditStore(db)
+    writer = ChainWriter(store)
+    ingest = AuditIngest(
+        service.broker,
+        writer,
+        service.tenants,
+        batch_size=settings.batch_size,
+        batch_timeout_s=settings.batch_timeout_s,
+    )
+    for purpose in CONSUMER_PURPOSES:
+        ingest.subscribe(consumer("audit", purpose), settings.tenant)
+
+    @service.on_startup
+    async def open_database() -> None:
+        await db.create_all()
+        writer.start()
+
+    @service.on_shutdown
+    async def close_database() -> None:
+        await writer.stop()
+        await db.close()
+
+    service.http.include_router(audit_router(store, _api_keys(settings), service.tenants))
+    return service

@@ -1,0 +1,251 @@
+"""From JetStream messages to audit rows: validation, batching, ack, retry, dead letters.
+
+The audit consumers pull in batches (hundreds of events a second is normal during calls)
+and acknowledge each message only after the transaction that recorded it has committed.
+Known event types are validated against their wire model; event types this service does
+not know yet (added by a newer service) are recorded if they carry a valid envelope, so
+the audit trail never silently misses an event kind.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from datetime import datetime
+from functools import cache
+from typing import Annotated, Any
+
+from faststream import AckPolicy as HandlerAckPolicy
+from faststream import Context
+from faststream.message import StreamMessage
+from faststream.nats import NatsBroker, PullSub
+from faststream.nats.message import NatsMessage
+from nats.aio.msg import Msg
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from voicemesh.audit.chain import ChainEntry, canonical_json, iso_timestamp
+from voicemesh.audit.store import ChainWriter
+from voicemesh.common import subjects
+from voicemesh.common.bus import EventPublisher
+from voicemesh.common.errors import (
+    Category,
+    InvalidMessage,
+    PermanentError,
+    UnknownTenant,
+    category_of,
+)
+from voicemesh.common.events import (
+    CALL_ID_PATTERN,
+    DeadLetter,
+    decode_event,
+    event_schemas,
+)
+from voicemesh.common.streams import STREAMS, ConsumerSpec
+from voicemesh.common.tenancy import TENANT_ID_PATTERN, TenantRegistry
+
+__all__ = ["AuditIngest", "parse_message"]
+
+log = logging.getLogger(__name__)
+
+MAX_DLQ_PAYLOAD = 16 * 1024
+
+
+class _Envelope(BaseModel):
+    """The envelope every voicemesh event has; enough to audit an event type we do not know."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+    event_id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    occurred_at: datetime
+    tenant: str = Field(pattern=TENANT_ID_PATTERN)
+    call_id: str | None = Field(default=None, pattern=CALL_ID_PATTERN)
+    source: str = Field(min_length=1, max_length=64)
+    type: str = Field(pattern=r"^[a-z][a-z0-9_.-]{0,63}$")
+    schema_version: int = 1
+
+
+@cache
+def _known_types() -> frozenset[str]:
+    return frozenset(event_schemas())
+
+
+def _describe(exc: ValidationError) -> str:
+    errors = exc.errors(include_url=False, include_input=False)
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in errors[:5]
+    )
+
+
+def parse_message(subject: str, data: bytes, tenants: TenantRegistry) -> ChainEntry:
+    """The audit entry for one message, or a ``PermanentError`` saying why there is none."""
+    try:
+        raw = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidMessage(f"not JSON: {type(exc).__name__}") from None
+    if not isinstance(raw, dict):
+        raise InvalidMessage("an event is a JSON object")
+    payload: dict[str, Any]
+    if raw.get("type") in _known_types():
+        event = decode_event(data)  # InvalidMessage with the field errors
+        payload = event.model_dump(mode="json")
+        envelope = _Envelope.model_validate(payload)
+    else:
+        try:
+            envelope = _Envelope.model_validate(raw)
+        except ValidationError as exc:
+            raise InvalidMessage(_describe(exc)) from None
+        payload = raw
+    subject_tenant = subjects.tenant_of(subject)
+    if envelope.tenant != subject_tenant:
+        raise InvalidMessage(
+            f"event tenant {envelope.tenant!r} does not match its subject's tenant"
+        )
+    if envelope.tenant not in tenants:
+        raise UnknownTenant(f"tenant {envelope.tenant!r} is not served here")
+    on_call = subjects.parse_call_subject(subject)
+    if on_call is not None and envelope.call_id != on_call[1]:
+        raise InvalidMessage("event call_id does not match its subject's call id")
+    return ChainEntry(
+        tenant=envelope.tenant,
+        event_id=envelope.event_id,
+        event_type=envelope.type,
+        call_id=envelope.call_id,
+        source=envelope.source,
+        subject=subject,
+        occurred_at=iso_timestamp(envelope.occurred_at),
+        payload=canonical_json(payload),
+    )
+
+
+async def _raw_bodies(msg: StreamMessage[Any]) -> list[bytes]:
+    # Decoding is ours (per message, with dead letters); FastStream's JSON decode of a batch
+    # would fail the whole batch on one malformed body.
+    return [m.data for m in msg.raw_message]
+
+
+def _backoff(deliveries: int) -> float:
+    return float(min(30, 2 ** max(0, deliveries - 1)))
+
+
+class AuditIngest:
+    """The audit consumers of one process: batch in, one transaction, ack each message."""
+
+    def __init__(
+        self,
+        broker: NatsBroker,
+        writer: ChainWriter,
+        tenants: TenantRegistry,
+        *,
+        service: str = "audit",
+        batch_size: int = 250,
+        batch_timeout_s: float = 0.2,
+    ) -> None:
+        self._broker = broker
+        self._writer = writer
+        self._tenants = tenants
+        self._service = service
+        self._batch_size = batch_size
+        self._batch_timeout_s = batch_timeout_s
+        self.recorded = 0
+        self.duplicates = 0
+        self.dead_lettered = 0
+
+    def subscribe(self, spec: ConsumerSpec, tenant: str) -> None:
+        """Consume the provisioned durable ``spec`` for ``tenant`` (``*`` for all)."""
+        subscriber = self._broker.subscriber(
+            spec.filter_subject(tenant),
+            stream=STREAMS[spec.stream].jstream(),
+            durable=spec.durable(tenant),
+            pull_sub=PullSub(
+                batch_size=self._batch_size, timeout=self._batch_timeout_s, batch=True
+            ),
+            config=spec.config(tenant),
+            ack_policy=HandlerAckPolicy.MANUAL,
+            decoder=_raw_bodies,
+            title=f"audit:{spec.purpose}",
+        )
+
+        async def on_batch(
+            bodies: list[bytes], message: Annotated[NatsMessage, Context("message")]
+        ) -> None:
+            del bodies  # the raw messages carry them, with their subjects and metadata
+            raw: list[Msg] = message.raw_message  # type: ignore[assignment]  # a batch subscriber
+            await self.handle(raw, max_deliver=spec.max_deliver)
+
+        subscriber(on_batch)
+
+    async def handle(self, messages: list[Msg], *, max_deliver: int) -> None:
+        """Record a batch; every message ends acked, NAKed with backoff or dead-lettered."""
+        accepted: list[tuple[Msg, ChainEntry]] = []
+        for msg in messages:
+            try:
+                accepted.append((msg, parse_message(msg.subject, msg.data, self._tenants)))
+            except PermanentError as exc:
+                await self._dead_letter(msg, exc)
+        if not accepted:
+            return
+        try:
+            new = await self._writer.submit([entry for _, entry in accepted])
+        except Exception as exc:
+            permanent = category_of(exc) is Category.DEAD_LETTER
+            log.warning(
+                "could not record %d audit events (%s); they will be redelivered",
+                len(accepted),
+                type(exc).__name__,
+            )
+            for msg, _ in accepted:
+                deliveries = _deliveries(msg)
+                if permanent or deliveries >= max_deliver:
+                    await self._dead_letter(msg, exc)
+                else:
+                    await msg.nak(delay=_backoff(deliveries))
+            return
+        for msg, entry in accepted:
+            if (entry.tenant, entry.event_id) in new:
+                self.recorded += 1
+            else:
+                self.duplicates += 1
+            await msg.ack()
+
+    async def _dead_letter(self, msg: Msg, exc: BaseException) -> None:
+        tenant = subjects.tenant_of(msg.subject) or ""
+        if not re.match(TENANT_ID_PATTERN, tenant):
+            tenant = "unknown"
+        body = bytes(msg.data or b"")
+        consumer = ""
+        try:
+            consumer = msg.metadata.consumer or ""
+        except Exception:  # not a JetStream message
+            consumer = ""
+        entry = DeadLetter(
+            tenant=tenant,
+            source=self._service,
+            subject=msg.subject,
+            consumer=consumer or self._service,
+            reason=(str(exc) or type(exc).__name__)[:2048],
+            error_type=type(exc).__name__,
+            deliveries=_deliveries(msg),
+            payload=body[:MAX_DLQ_PAYLOAD].decode("utf-8", errors="replace"),
+            payload_truncated=len(body) > MAX_DLQ_PAYLOAD,
+        )
+        try:
+            await EventPublisher(self._broker).publish(entry, subjects.dead_letter(entry.tenant))
+        except Exception:
+            log.exception("could not publish a dead letter; leaving the message for redelivery")
+            await msg.nak(delay=5.0)
+            return
+        self.dead_lettered += 1
+        log.error(
+            "dead-lettered a message on %s: %s",
+            subjects.low_cardinality(msg.subject),
+            entry.reason,
+        )
+        await msg.ack()
+
+
+def _deliveries(msg: Msg) -> int:
+    try:
+        return int(msg.metadata.num_delivered)
+    except Exception:  # not a JetStream message
+        return 1

@@ -1,0 +1,281 @@
+"""The crm service application: ``create_app(settings)`` wires it, ``__main__`` runs it.
+
+Tools on ``vm.<tenant>.tool.crm.*``; contact history fed by two durable consumers
+(``crm-calls`` on call lifecycle, ``crm-events`` on appointment and SMS events), each acking
+only after its row is committed; an authenticated read API under ``/v1/{tenant}/``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+from fastapi import Depends, Query, Request
+from fastapi.responses import JSONResponse
+from faststream import Context
+from faststream.nats.message import NatsMessage
+from pydantic import BaseModel
+
+from voicemesh.common import (
+    CallEnded,
+    CallMissed,
+    CallRequested,
+    InvalidMessage,
+    LifecycleEvent,
+    MeshService,
+    NotFound,
+    UnavailableError,
+    UnknownTenant,
+    streams,
+    subjects,
+    subscribe_durable,
+)
+from voicemesh.common.auth import ApiKeys, tenant_guard
+from voicemesh.common.db import Database
+from voicemesh.common.tools import (
+    TOOLS,
+    AddNoteArgs,
+    AppointmentChanged,
+    Claim,
+    ConflictCheckArgs,
+    ConflictCheckResult,
+    ContactInfo,
+    ContactResult,
+    ContactsResult,
+    FileClaimArgs,
+    InteractionsResult,
+    ListingsResult,
+    ListInteractionsArgs,
+    LookupContactArgs,
+    LookupPolicyArgs,
+    NoteResult,
+    Policy,
+    SearchListingsArgs,
+    SmsStatus,
+    ToolCall,
+    ToolServer,
+    UpsertContactArgs,
+)
+from voicemesh.crm.settings import CrmSettings
+from voicemesh.crm.store import Crm, contact_info
+
+__all__ = ["ContactsOut", "create_app"]
+
+
+class ContactsOut(BaseModel):
+    contacts: list[ContactInfo]
+
+
+def create_app(settings: CrmSettings) -> MeshService:
+    service = MeshService(
+        "crm", settings, description="CRM tools: contacts, notes, interactions and listings."
+    )
+    # The engine connects lazily: nothing is opened before the startup hook runs.
+    db = Database(settings.database_url.get_secret_value())
+    crm = Crm(db, lookup_cache_ttl_s=settings.lookup_cache_ttl_s)
+
+    @service.on_startup
+    async def open_database() -> None:
+        await db.create_all()
+        if settings.seed_demo_data:
+            for tenant in service.tenants:
+                await crm.seed(tenant.id, tenant.vertical.value)
+
+    @service.on_shutdown
+    async def close_database() -> None:
+        await db.close()
+
+    _tools(service, settings, crm)
+    _consumers(service, settings, crm)
+    _http_routes(service, settings, crm)
+    service.http.add_exception_handler(NotFound, _status(404))
+    service.http.add_exception_handler(UnavailableError, _status(503))
+    service.http.state.crm = crm
+    return service
+
+
+def _tools(service: MeshService, settings: CrmSettings, crm: Crm) -> None:
+    tools = ToolServer(service, max_workers=settings.tool_workers)
+
+    @tools.tool(TOOLS[("crm", "lookup_contact")])
+    async def lookup_contact(call: ToolCall, args: LookupContactArgs) -> ContactsResult:
+        found = await crm.lookup(call.tenant.id, args, call_id=call.call_id)
+        return ContactsResult(contacts=found)
+
+    @tools.tool(TOOLS[("crm", "upsert_contact")])
+    async def upsert_contact(call: ToolCall, args: UpsertContactArgs) -> ContactResult:
+        result = await crm.upsert(call.tenant.id, args)
+        if call.call_id:
+            await crm.link_call(call.tenant.id, call.call_id, result.contact.contact_id)
+        return result
+
+    @tools.tool(TOOLS[("crm", "add_note")])
+    async def add_note(call: ToolCall, args: AddNoteArgs) -> NoteResult:
+        return await crm.add_note(call.tenant.id, args, call_id=call.call_id)
+
+    @tools.tool(TOOLS[("crm", "list_interactions")])
+    async def list_interactions(call: ToolCall, args: ListInteractionsArgs) -> InteractionsResult:
+        return await crm.interactions(call.tenant.id, args.contact_id, args.limit)
+
+    @tools.tool(TOOLS[("crm", "search_listings")])
+    async def search_listings(call: ToolCall, args: SearchListingsArgs) -> ListingsResult:
+        return await crm.search_listings(call.tenant.id, args)
+
+    @tools.tool(TOOLS[("crm", "conflict_check")])
+    async def conflict_check(call: ToolCall, args: ConflictCheckArgs) -> ConflictCheckResult:
+        return await crm.conflict_check(call.tenant.id, args)
+
+    @tools.tool(TOOLS[("crm", "lookup_policy")])
+    async def lookup_policy(call: ToolCall, args: LookupPolicyArgs) -> Policy:
+        return await crm.lookup_policy(call.tenant.id, args)
+
+    @tools.tool(TOOLS[("crm", "file_claim")])
+    async def file_claim(call: ToolCall, args: FileClaimArgs) -> Claim:
+        return await crm.file_claim(call.tenant.id, args)
+
+
+def _check_tenant(service: MeshService, subject: str, tenant: str) -> None:
+    if subjects.tenant_of(subject) != tenant:
+        raise InvalidMessage("the event's tenant is not its subject's tenant")
+    if tenant not in service.tenants:
+        raise UnknownTenant(f"tenant {tenant!r} is not served here")
+
+
+def _consumers(service: MeshService, settings: CrmSettings, crm: Crm) -> None:
+    @subscribe_durable(service.broker, streams.consumer("crm", "calls"), settings.tenant)
+    async def on_call(
+        event: LifecycleEvent, msg: Annotated[NatsMessage, Context("message")]
+    ) -> None:
+        _check_tenant(service, msg.raw_message.subject, event.tenant)
+        if isinstance(event, CallRequested):
+            if event.phone:
+                caller = await crm.contact_id_for_phone(event.tenant, event.phone)
+                await crm.link_call(event.tenant, event.call_id, caller)
+            return
+        if not isinstance(event, CallEnded | CallMissed):
+            return
+        contact_id = await crm.contact_of_call(event.tenant, event.call_id)
+        if contact_id is None:
+            return  # a call with nobody the crm knows: nothing to add to a history
+        summary = (
+            "missed call"
+            if isinstance(event, CallMissed)
+            else f"call ended ({event.reason.value}, {event.duration_s:.0f} s)"
+        )
+        await crm.record(
+            event.tenant,
+            contact_id,
+            kind="call",
+            summary=summary,
+            source_event_id=event.event_id,
+            occurred_at=event.occurred_at,
+            call_id=event.call_id,
+        )
+
+    @subscribe_durable(service.broker, streams.consumer("crm", "events"), settings.tenant)
+    async def on_event(msg: Annotated[NatsMessage, Context("message")]) -> None:
+        raw = msg.raw_message
+        try:
+            kind = _type_of(json.loads(raw.data))
+        except ValueError as exc:
+            raise InvalidMessage(f"not a JSON event: {exc}") from exc
+        if kind == "appointment.changed":
+            appointment = AppointmentChanged.model_validate_json(raw.data)
+            _check_tenant(service, raw.subject, appointment.tenant)
+            await _record_appointment(crm, appointment)
+        elif kind == "sms.status":
+            status = SmsStatus.model_validate_json(raw.data)
+            _check_tenant(service, raw.subject, status.tenant)
+            await _record_sms(crm, status)
+        # Tool, push and other events are not part of a contact's history.
+
+
+def _type_of(payload: Any) -> str:
+    if not isinstance(payload, dict) or not isinstance(payload.get("type"), str):
+        raise InvalidMessage("an event is a JSON object with a string 'type'")
+    return str(payload["type"])
+
+
+async def _record_appointment(crm: Crm, event: AppointmentChanged) -> None:
+    contact_id = None
+    if event.contact_id:
+        try:
+            contact_id = (await crm.get_contact(event.tenant, event.contact_id)).id
+        except NotFound:
+            contact_id = None
+    if contact_id is None and event.phone:
+        contact_id = await crm.contact_id_for_phone(event.tenant, event.phone)
+    if contact_id is None:
+        return
+    await crm.record(
+        event.tenant,
+        contact_id,
+        kind="appointment",
+        summary=f"appointment {event.change} for {event.start:%Y-%m-%d %H:%M} UTC",
+        source_event_id=event.event_id,
+        occurred_at=event.occurred_at,
+        call_id=event.call_id,
+    )
+
+
+async def _record_sms(crm: Crm, event: SmsStatus) -> None:
+    if event.status == "delivered":
+        return  # the "sent" row already tells the story; delivery is the provider's detail
+    contact = await crm.contact_by_phone(event.tenant, event.to)
+    if contact is None:
+        return
+    await crm.record(
+        event.tenant,
+        contact.id,
+        kind="sms",
+        summary=f"text {event.status.replace('_', ' ')}",
+        source_event_id=event.event_id,
+        occurred_at=event.occurred_at,
+        call_id=event.call_id,
+    )
+
+
+def _http_routes(service: MeshService, settings: CrmSettings, crm: Crm) -> None:
+    guard = tenant_guard(ApiKeys.parse(settings.api_keys.get_secret_value()), service.tenants)
+    http = service.http
+
+    @http.get("/v1/{tenant}/contacts", tags=["crm"])
+    async def contacts(
+        tenant: str = Depends(guard),
+        q: Annotated[str | None, Query(max_length=128)] = None,
+        limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    ) -> ContactsOut:
+        rows = await crm.contacts(tenant, query=q, limit=limit)
+        return ContactsOut(contacts=[contact_info(r) for r in rows])
+
+    @http.get("/v1/{tenant}/contacts/{contact_id}", tags=["crm"])
+    async def contact(contact_id: str, tenant: str = Depends(guard)) -> ContactInfo:
+        return contact_info(await crm.get_contact(tenant, contact_id))
+
+    @http.get("/v1/{tenant}/contacts/{contact_id}/interactions", tags=["crm"])
+    async def interactions(
+        contact_id: str,
+        tenant: str = Depends(guard),
+        limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    ) -> InteractionsResult:
+        return await crm.interactions(tenant, contact_id, limit)
+
+    @http.get("/v1/{tenant}/listings", tags=["crm"])
+    async def listings(
+        tenant: str = Depends(guard),
+        city: Annotated[str | None, Query(max_length=64)] = None,
+        max_price: Annotated[int | None, Query(ge=0)] = None,
+        min_beds: Annotated[int | None, Query(ge=0, le=20)] = None,
+        limit: Annotated[int, Query(ge=1, le=50)] = 20,
+    ) -> ListingsResult:
+        args = SearchListingsArgs(
+            city=city, max_price=max_price, min_beds=min_beds, status="any", limit=limit
+        )
+        return await crm.search_listings(tenant, args)
+
+
+def _status(code: int) -> Any:
+    async def handler(_request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=code)
+
+    return handler

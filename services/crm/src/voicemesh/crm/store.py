@@ -1,0 +1,559 @@
+"""Contacts, their history and the per-vertical records, over the crm's tables.
+
+History is fed by events (calls, appointments, texts); each interaction row carries the id of
+the event that made it, under a unique constraint, so a redelivered event records nothing new.
+Contact lookups are answered from a per-tenant cache (``cache.LookupCache``) that every
+contact write of this process invalidates.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+
+from sqlalchemy import Table, func, or_
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlmodel import SQLModel, col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from voicemesh.common import NotFound, UnavailableError
+from voicemesh.common.db import Database
+from voicemesh.common.events import ToolErrorCode
+from voicemesh.common.tools import (
+    AddNoteArgs,
+    ConflictCheckArgs,
+    ConflictCheckResult,
+    ConflictMatch,
+    ContactInfo,
+    ContactResult,
+    FileClaimArgs,
+    InteractionsResult,
+    ListingsResult,
+    LookupContactArgs,
+    LookupPolicyArgs,
+    NoteResult,
+    SearchListingsArgs,
+    ToolFailure,
+    UpsertContactArgs,
+)
+from voicemesh.common.tools import Claim as ClaimOut
+from voicemesh.common.tools import Interaction as InteractionOut
+from voicemesh.common.tools import Listing as ListingOut
+from voicemesh.common.tools import Policy as PolicyOut
+from voicemesh.crm.cache import LookupCache
+from voicemesh.crm.models import (
+    CallLink,
+    Claim,
+    Contact,
+    Interaction,
+    Listing,
+    Matter,
+    Note,
+    Policy,
+    new_id,
+)
+
+__all__ = ["Crm", "contact_info", "name_key"]
+
+log = logging.getLogger(__name__)
+
+MAX_MATCHES = 10
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def name_key(name: str) -> str:
+    return " ".join(name.lower().split())
+
+
+def contact_info(row: Contact) -> ContactInfo:
+    return ContactInfo(
+        contact_id=row.id,
+        name=row.name,
+        phone=row.phone,
+        email=row.email,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+
+
+class Crm:
+    """The crm of every tenant this process serves."""
+
+    def __init__(self, db: Database, *, lookup_cache_ttl_s: float = 0.0) -> None:
+        self._db = db
+        self._lookups = LookupCache(lookup_cache_ttl_s)
+        interactions: Table = SQLModel.metadata.tables["crm_interactions"]
+        dialect = sqlite if db.is_sqlite else postgresql
+        # History rows arrive once per event and again on redelivery: a Core insert that the
+        # unique source-event id turns into a no-op costs a fraction of an ORM flush that
+        # fails with an IntegrityError.
+        self._insert_interaction = dialect.insert(interactions).on_conflict_do_nothing()
+
+    @asynccontextmanager
+    async def session(self) -> AsyncIterator[AsyncSession]:
+        try:
+            async with AsyncSession(self._db.engine, expire_on_commit=False) as session:
+                yield session
+        except IntegrityError:
+            raise
+        except (OperationalError, DBAPIError, OSError) as exc:
+            raise UnavailableError(f"crm database unavailable: {type(exc).__name__}") from exc
+
+    # -- contacts ---------------------------------------------------------------------------
+
+    async def lookup(
+        self, tenant: str, args: LookupContactArgs, *, call_id: str | None = None
+    ) -> list[ContactInfo]:
+        email = args.email.lower() if args.email else None
+        key = name_key(args.name) if args.name else None
+        found = self._lookups.get(tenant, (args.phone, email, key))
+        if found is None:
+            generation = self._lookups.generation(tenant)
+            found = await self._lookup(tenant, args.phone, email, key)
+            self._lookups.put(tenant, (args.phone, email, key), found, generation)
+        if not found:
+            raise NotFound("no contact matches")
+        if call_id and len(found) == 1:
+            await self.link_call(tenant, call_id, found[0].contact_id)
+        return list(found)
+
+    async def _lookup(
+        self, tenant: str, phone: str | None, email: str | None, key: str | None
+    ) -> tuple[ContactInfo, ...]:
+        query = select(Contact).where(Contact.tenant == tenant)
+        if phone:
+            query = query.where(Contact.phone == phone)
+        if email:
+            query = query.where(Contact.email == email)
+        if key:
+            query = query.where(col(Contact.name_key).contains(key))
+        async with self.session() as session:
+            rows = (
+                await session.exec(
+                    query.order_by(col(Contact.updated_at).desc()).limit(MAX_MATCHES)
+                )
+            ).all()
+        return tuple(contact_info(r) for r in rows)
+
+    async def get_contact(self, tenant: str, contact_id: str) -> Contact:
+        async with self.session() as session:
+            row = await session.get(Contact, contact_id)
+        if row is None or row.tenant != tenant:
+            raise NotFound(f"no contact {contact_id}")
+        return row
+
+    async def contacts(self, tenant: str, *, query: str | None, limit: int) -> list[Contact]:
+        stmt = select(Contact).where(Contact.tenant == tenant)
+        if query:
+            key = name_key(query)
+            stmt = stmt.where(
+                or_(
+                    col(Contact.name_key).contains(key),
+                    col(Contact.phone) == query,
+                    col(Contact.email) == query.lower(),
+                )
+            )
+        async with self.session() as session:
+            rows = await session.exec(stmt.order_by(col(Contact.updated_at).desc()).limit(limit))
+            return list(rows.all())
+
+    async def upsert(self, tenant: str, args: UpsertContactArgs) -> ContactResult:
+        email = args.email.lower() if args.email else None
+        try:
+            async with self.session() as session:
+                row = await self._find(session, tenant, args.contact_id, args.phone, email)
+                created = row is None
+                now = _now()
+                if row is None:
+                    row = Contact(tenant=tenant, created_at=now, updated_at=now)
+                if args.name is not None:
+                    row.name = args.name
+                    row.name_key = name_key(args.name)
+                if args.phone is not None:
+                    row.phone = args.phone
+                if email is not None:
+                    row.email = email
+                row.updated_at = now
+                session.add(row)
+                await session.commit()
+        except IntegrityError as exc:
+            # The phone or email already belongs to another contact (or a concurrent insert
+            # won): never merge two people silently.
+            raise ToolFailure(
+                ToolErrorCode.CONFLICT, "that phone or email belongs to another contact"
+            ) from exc
+        finally:
+            self._lookups.invalidate(tenant)
+        return ContactResult(contact=contact_info(row), created=created)
+
+    async def _find(
+        self,
+        session: AsyncSession,
+        tenant: str,
+        contact_id: str | None,
+        phone: str | None,
+        email: str | None,
+    ) -> Contact | None:
+        if contact_id:
+            row = await session.get(Contact, contact_id)
+            if row is None or row.tenant != tenant:
+                raise NotFound(f"no contact {contact_id}")
+            return row
+        for column, value in ((Contact.phone, phone), (Contact.email, email)):
+            if value:
+                found = (
+                    await session.exec(
+                        select(Contact).where(Contact.tenant == tenant, column == value)
+                    )
+                ).first()
+                if found is not None:
+                    return found
+        return None
+
+    async def contact_by_phone(self, tenant: str, phone: str) -> Contact | None:
+        async with self.session() as session:
+            return (
+                await session.exec(
+                    select(Contact).where(Contact.tenant == tenant, Contact.phone == phone)
+                )
+            ).first()
+
+    # -- notes and history ------------------------------------------------------------------
+
+    async def add_note(self, tenant: str, args: AddNoteArgs, *, call_id: str | None) -> NoteResult:
+        await self.get_contact(tenant, args.contact_id)
+        note = Note(
+            tenant=tenant,
+            contact_id=args.contact_id,
+            text=args.text,
+            call_id=call_id,
+            created_at=_now(),
+        )
+        async with self.session() as session:
+            session.add(note)
+            await session.commit()
+        return NoteResult(note_id=note.id, contact_id=note.contact_id, created_at=note.created_at)
+
+    async def interactions(self, tenant: str, contact_id: str, limit: int) -> InteractionsResult:
+        await self.get_contact(tenant, contact_id)
+        async with self.session() as session:
+            events = (
+                await session.exec(
+                    select(Interaction)
+                    .where(Interaction.tenant == tenant, Interaction.contact_id == contact_id)
+                    .order_by(col(Interaction.occurred_at).desc())
+                    .limit(limit)
+                )
+            ).all()
+            notes = (
+                await session.exec(
+                    select(Note)
+                    .where(Note.tenant == tenant, Note.contact_id == contact_id)
+                    .order_by(col(Note.created_at).desc())
+                    .limit(limit)
+                )
+            ).all()
+        items = (
+            [
+                InteractionOut(
+                    kind=e.kind,  # written only by record() below: one of the four kinds
+                    occurred_at=e.occurred_at,
+                    summary=e.summary,
+                    call_id=e.call_id,
+                )
+                for e in events
+            ]
+            + [
+                InteractionOut(
+                    kind="note", occurred_at=n.created_at, summary=n.text[:256], call_id=n.call_id
+                )
+                for n in notes
+            ]
+        )
+        items.sort(key=lambda i: i.occurred_at, reverse=True)
+        return InteractionsResult(interactions=items[:limit])
+
+    async def link_call(self, tenant: str, call_id: str, contact_id: str) -> None:
+        async with self.session() as session:
+            link = await session.get(CallLink, (tenant, call_id))
+            if link is None:
+                session.add(CallLink(tenant=tenant, call_id=call_id, contact_id=contact_id))
+            else:
+                link.contact_id = contact_id
+                session.add(link)
+            await session.commit()
+
+    async def contact_of_call(self, tenant: str, call_id: str) -> str | None:
+        async with self.session() as session:
+            link = await session.get(CallLink, (tenant, call_id))
+            return link.contact_id if link else None
+
+    async def record(
+        self,
+        tenant: str,
+        contact_id: str,
+        *,
+        kind: str,
+        summary: str,
+        source_event_id: str,
+        occurred_at: datetime,
+        call_id: str | None = None,
+    ) -> bool:
+        """Record one interaction; False if this event was recorded before."""
+        row = {
+            "id": new_id(),
+            "tenant": tenant,
+            "contact_id": contact_id,
+            "kind": kind,
+            "summary": summary[:256],
+            "call_id": call_id,
+            "source_event_id": source_event_id,
+            "occurred_at": occurred_at,
+        }
+        try:
+            async with self._db.engine.begin() as conn:
+                result = await conn.execute(self._insert_interaction, row)
+        except (OperationalError, DBAPIError, OSError) as exc:
+            raise UnavailableError(f"crm database unavailable: {type(exc).__name__}") from exc
+        return bool(result.rowcount == 1)
+
+    async def contact_id_for_phone(self, tenant: str, phone: str) -> str:
+        """The id of the contact with ``phone``, created if need be; from the cache if known."""
+        key = (phone, None, None)  # the key of a lookup by this phone alone
+        cached = self._lookups.get(tenant, key)
+        if cached and len(cached) == 1:
+            return cached[0].contact_id
+        generation = self._lookups.generation(tenant)
+        row = await self.ensure_contact(tenant, phone)
+        self._lookups.put(tenant, key, (contact_info(row),), generation)
+        return row.id
+
+    async def ensure_contact(self, tenant: str, phone: str) -> Contact:
+        """The contact with ``phone``, created (nameless) if the crm has not met them yet."""
+        existing = await self.contact_by_phone(tenant, phone)
+        if existing is not None:
+            return existing
+        now = _now()
+        try:
+            async with self.session() as session:
+                row = Contact(tenant=tenant, phone=phone, created_at=now, updated_at=now)
+                session.add(row)
+                await session.commit()
+                return row
+        except IntegrityError:
+            found = await self.contact_by_phone(tenant, phone)
+            if found is None:
+                raise
+            return found
+        finally:
+            self._lookups.invalidate(tenant)
+
+    # -- real estate ------------------------------------------------------------------------
+
+    async def search_listings(self, tenant: str, args: SearchListingsArgs) -> ListingsResult:
+        query = select(Listing).where(Listing.tenant == tenant)
+        if args.city:
+            query = query.where(Listing.city_key == name_key(args.city))
+        if args.min_price is not None:
+            query = query.where(col(Listing.price) >= args.min_price)
+        if args.max_price is not None:
+            query = query.where(col(Listing.price) <= args.max_price)
+        if args.min_beds is not None:
+            query = query.where(col(Listing.beds) >= args.min_beds)
+        if args.min_baths is not None:
+            query = query.where(col(Listing.baths) >= args.min_baths)
+        if args.status != "any":
+            query = query.where(Listing.status == args.status)
+        async with self.session() as session:
+            rows = (await session.exec(query.order_by(col(Listing.price)).limit(args.limit))).all()
+        return ListingsResult(
+            listings=[
+                ListingOut(
+                    listing_id=r.id,
+                    address=r.address,
+                    city=r.city,
+                    price=r.price,
+                    beds=r.beds,
+                    baths=r.baths,
+                    status=r.status,
+                )
+                for r in rows
+            ]
+        )
+
+    # -- legal ------------------------------------------------------------------------------
+
+    async def conflict_check(self, tenant: str, args: ConflictCheckArgs) -> ConflictCheckResult:
+        async with self.session() as session:
+            matters = (await session.exec(select(Matter).where(Matter.tenant == tenant))).all()
+        matches = []
+        for party in args.parties:
+            key = name_key(party)
+            for matter in matters:
+                if name_key(matter.client_name) == key:
+                    matches.append(
+                        ConflictMatch(
+                            party=party, matter_id=matter.id, matter=matter.title, role="client"
+                        )
+                    )
+                adverse = {name_key(p) for p in matter.adverse_parties.split(";") if p.strip()}
+                if key in adverse:
+                    matches.append(
+                        ConflictMatch(
+                            party=party, matter_id=matter.id, matter=matter.title, role="adverse"
+                        )
+                    )
+        return ConflictCheckResult(clear=not matches, matches=matches)
+
+    # -- insurance --------------------------------------------------------------------------
+
+    async def lookup_policy(self, tenant: str, args: LookupPolicyArgs) -> PolicyOut:
+        async with self.session() as session:
+            if args.policy_number:
+                row = await session.get(Policy, (tenant, args.policy_number))
+            else:
+                row = (
+                    await session.exec(
+                        select(Policy).where(
+                            Policy.tenant == tenant, Policy.holder_phone == args.phone
+                        )
+                    )
+                ).first()
+        if row is None:
+            raise NotFound("no policy matches")
+        return PolicyOut(
+            policy_number=row.policy_number,
+            holder_name=row.holder_name,
+            kind=row.kind,
+            status=row.status,
+            deductible=row.deductible,
+        )
+
+    async def file_claim(self, tenant: str, args: FileClaimArgs) -> ClaimOut:
+        policy = await self.lookup_policy(
+            tenant, LookupPolicyArgs(policy_number=args.policy_number)
+        )
+        if policy.status != "active":
+            raise ToolFailure(
+                ToolErrorCode.CONFLICT, f"policy {policy.policy_number} is not active"
+            )
+        if args.incident_date > _now().date():
+            raise ToolFailure(ToolErrorCode.INVALID, "the incident date is in the future")
+        claim = Claim(
+            tenant=tenant,
+            policy_number=args.policy_number,
+            incident_date=args.incident_date,
+            description=args.description,
+            idempotency_key=args.idempotency_key or new_id(),
+            filed_at=_now(),
+        )
+        try:
+            async with self.session() as session:
+                session.add(claim)
+                await session.commit()
+        except IntegrityError:
+            async with self.session() as session:
+                earlier = (
+                    await session.exec(
+                        select(Claim).where(
+                            Claim.tenant == tenant, Claim.idempotency_key == claim.idempotency_key
+                        )
+                    )
+                ).one()
+            claim = earlier
+        return ClaimOut(
+            claim_id=claim.id,
+            policy_number=claim.policy_number,
+            incident_date=claim.incident_date,
+            status=claim.status,
+            filed_at=claim.filed_at,
+        )
+
+    # -- demo data --------------------------------------------------------------------------
+
+    async def seed(self, tenant: str, vertical: str) -> None:
+        """Sample records for an empty demo tenant, so the agent's tools have data to find."""
+        async with self.session() as session:
+            if vertical == "real_estate":
+                count = await session.exec(
+                    select(func.count()).select_from(Listing).where(Listing.tenant == tenant)
+                )
+                if count.one() == 0:
+                    for address, city, price, beds, baths, status in _LISTINGS:
+                        session.add(
+                            Listing(
+                                tenant=tenant,
+                                address=address,
+                                city=city,
+                                city_key=name_key(city),
+                                price=price,
+                                beds=beds,
+                                baths=baths,
+                                status=status,
+                            )
+                        )
+            elif vertical == "legal":
+                count = await session.exec(
+                    select(func.count()).select_from(Matter).where(Matter.tenant == tenant)
+                )
+                if count.one() == 0:
+                    for title, client, adverse in _MATTERS:
+                        session.add(
+                            Matter(
+                                tenant=tenant,
+                                title=title,
+                                client_name=client,
+                                adverse_parties=adverse,
+                            )
+                        )
+            elif vertical == "insurance":
+                count = await session.exec(
+                    select(func.count()).select_from(Policy).where(Policy.tenant == tenant)
+                )
+                if count.one() == 0:
+                    for number, holder, phone, kind, status, deductible in _POLICIES:
+                        session.add(
+                            Policy(
+                                tenant=tenant,
+                                policy_number=number,
+                                holder_name=holder,
+                                holder_phone=phone,
+                                kind=kind,
+                                status=status,
+                                deductible=deductible,
+                            )
+                        )
+            await session.commit()
+
+
+_LISTINGS = (
+    ("17 Willow Bend", "Riverside", 465_000, 3, 2.0, "active"),
+    ("302 Cedar St", "Riverside", 529_000, 3, 2.5, "active"),
+    ("64 Birch Hollow", "Riverside", 612_000, 4, 3.0, "active"),
+    ("8 Quarry Rd", "Riverside", 289_000, 2, 1.0, "active"),
+    ("12 Harbor View Rd", "Springfield", 425_000, 3, 2.0, "active"),
+    ("88 Maple Ave", "Springfield", 310_000, 2, 1.0, "active"),
+    ("5 Orchard Ln", "Springfield", 689_000, 4, 3.5, "active"),
+    ("230 River St, Apt 4", "Shelbyville", 255_000, 1, 1.0, "active"),
+    ("41 Elm Ct", "Shelbyville", 515_000, 4, 2.5, "pending"),
+    ("9 Lakeside Dr", "Springfield", 950_000, 5, 4.0, "sold"),
+)
+
+_MATTERS = (
+    ("Acme Corp v. Globex", "Acme Corp", "Globex Corporation; Hank Scorpio"),
+    ("Estate of J. Doe", "Jane Doe", ""),
+    ("Smith lease dispute", "Robert Smith", "Springfield Properties LLC"),
+)
+
+_POLICIES = (
+    ("412551", "Sam Rivera", "+15555550103", "auto", "active", 500),
+    ("POL-1001", "Ada Lovelace", "+15555550100", "auto", "active", 500),
+    ("POL-1002", "Alan Turing", "+15555550101", "home", "active", 1000),
+    ("POL-1003", "Grace Hopper", "+15555550102", "auto", "lapsed", 250),
+)

@@ -1,0 +1,239 @@
+"""The sms service application: ``create_app(settings)`` wires it, ``__main__`` runs it.
+
+SMS jobs arrive on ``vm.<tenant>.sms.outbound`` (durable consumer ``sms-jobs``, acked only
+after the outcome is committed); the ``send`` tool enqueues one; delivery outcomes go out on
+``vm.<tenant>.event.sms``. The HTTP API lists messages and opt-outs (tenant API key) and
+takes Twilio's inbound-reply and status webhooks (Twilio request signature).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+from typing import Annotated
+from urllib.parse import parse_qsl
+
+from fastapi import Depends, HTTPException, Query, Request, Response
+from fastapi.responses import JSONResponse
+from faststream import Context
+from faststream.nats.message import NatsMessage
+from pydantic import BaseModel, ConfigDict, Field
+from redis.asyncio import Redis
+
+from voicemesh.common import (
+    InvalidMessage,
+    MeshService,
+    SmsJob,
+    UnavailableError,
+    UnknownTenant,
+    streams,
+    subjects,
+    subscribe_durable,
+)
+from voicemesh.common.auth import ApiKeys, tenant_guard
+from voicemesh.common.db import Database
+from voicemesh.common.tools import (
+    PHONE_PATTERN,
+    TOOLS,
+    SendSmsArgs,
+    SendSmsResult,
+    ToolCall,
+    ToolServer,
+    job_event_id,
+)
+from voicemesh.sms.models import SmsMessage
+from voicemesh.sms.providers import OutboxProvider, SmsProvider, TwilioProvider
+from voicemesh.sms.sender import RateLimiter, SmsSender
+from voicemesh.sms.settings import SmsSettings
+
+__all__ = ["create_app", "twilio_signature"]
+
+TWIML_EMPTY = '<?xml version="1.0" encoding="UTF-8"?><Response></Response>'
+
+
+class PhoneIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    phone: str = Field(pattern=PHONE_PATTERN)
+
+
+class InboundIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    sender: str = Field(alias="from", pattern=PHONE_PATTERN)
+    body: str = Field(max_length=1600)
+
+
+class MessageOut(BaseModel):
+    id: str
+    idempotency_key: str
+    to: str
+    body: str
+    purpose: str
+    status: str
+    provider: str
+    provider_id: str | None
+    detail: str
+    created_at: str
+
+    @classmethod
+    def of(cls, row: SmsMessage) -> MessageOut:
+        return cls(
+            id=row.id,
+            idempotency_key=row.idempotency_key,
+            to=row.to,
+            body=row.body,
+            purpose=row.purpose,
+            status=row.status,
+            provider=row.provider,
+            provider_id=row.provider_id,
+            detail=row.detail,
+            created_at=row.created_at.isoformat(),
+        )
+
+
+def twilio_signature(auth_token: str, url: str, params: dict[str, str]) -> str:
+    """Twilio's ``X-Twilio-Signature``: HMAC-SHA1 of the URL and the sorted form fields."""
+    data = url + "".join(k + params[k] for k in sorted(params))
+    digest = hmac.new(auth_token.encode(), data.encode(), hashlib.sha1).digest()
+    return base64.b64encode(digest).decode()
+
+
+def _provider(settings: SmsSettings) -> SmsProvider:
+    if settings.provider == "twilio":
+        return TwilioProvider(
+            settings.twilio_account_sid,
+            settings.twilio_auth_token.get_secret_value(),
+            base_url=settings.twilio_base_url,
+            timeout_s=settings.twilio_timeout_s,
+        )
+    return OutboxProvider()
+
+
+def create_app(settings: SmsSettings) -> MeshService:
+    service = MeshService(
+        "sms",
+        settings,
+        description="SMS service: outbound text messages, opt-outs and delivery status.",
+    )
+    # Engine and Redis pool connect lazily: nothing is opened before the startup hook.
+    db = Database(settings.database_url.get_secret_value())
+    redis: Redis = Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=3)
+    provider = _provider(settings)
+    public = settings.public_url.rstrip("/")
+    sender = SmsSender(
+        db,
+        provider,
+        RateLimiter(redis, limit=settings.rate_limit, window_s=settings.rate_window_s),
+        service.events,
+        sender_id=settings.sender_id,
+        status_callback=lambda t: f"{public}/v1/{t}/twilio/status" if public else None,
+    )
+
+    @service.on_startup
+    async def open_resources() -> None:
+        await db.create_all()
+
+    @service.on_shutdown
+    async def close_resources() -> None:
+        await provider.close()
+        await redis.aclose()
+        await db.close()
+
+    @subscribe_durable(service.broker, streams.consumer("sms", "jobs"), settings.tenant)
+    async def on_job(job: SmsJob, msg: Annotated[NatsMessage, Context("message")]) -> None:
+        raw = msg.raw_message
+        if subjects.tenant_of(raw.subject) != job.tenant:
+            raise InvalidMessage("the job's tenant is not its subject's tenant")
+        if job.tenant not in service.tenants:
+            raise UnknownTenant(f"tenant {job.tenant!r} is not served here")
+        await sender.handle(job, heartbeat=raw.in_progress)
+
+    tools = ToolServer(service, max_workers=settings.tool_workers)
+
+    @tools.tool(TOOLS[("sms", "send")])
+    async def send(call: ToolCall, args: SendSmsArgs) -> SendSmsResult:
+        tenant = call.tenant.id
+        if await sender.opted_out(tenant, args.to):
+            return SendSmsResult(idempotency_key=args.idempotency_key, queued=False)
+        job = SmsJob(
+            event_id=job_event_id(tenant, args.idempotency_key),
+            tenant=tenant,
+            call_id=call.call_id,
+            source="sms",
+            idempotency_key=args.idempotency_key,
+            to=args.to,
+            body=args.body,
+            purpose=args.purpose,
+        )
+        await service.events.publish(job, subjects.sms_outbound(tenant))
+        return SendSmsResult(idempotency_key=args.idempotency_key, queued=True)
+
+    _http_routes(service, settings, sender)
+    service.http.add_exception_handler(UnavailableError, _unavailable)
+    service.http.state.sender = sender
+    return service
+
+
+def _http_routes(service: MeshService, settings: SmsSettings, sender: SmsSender) -> None:
+    guard = tenant_guard(ApiKeys.parse(settings.api_keys.get_secret_value()), service.tenants)
+    http = service.http
+
+    @http.get("/v1/{tenant}/messages", tags=["sms"])
+    async def messages(
+        tenant: str = Depends(guard),
+        to: Annotated[str | None, Query(pattern=PHONE_PATTERN)] = None,
+        limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    ) -> list[MessageOut]:
+        return [MessageOut.of(r) for r in await sender.messages(tenant, limit=limit, to=to)]
+
+    @http.get("/v1/{tenant}/opt-outs", tags=["sms"])
+    async def opt_outs(tenant: str = Depends(guard)) -> list[str]:
+        return [r.phone for r in await sender.opt_outs(tenant)]
+
+    @http.post("/v1/{tenant}/opt-outs", status_code=204, tags=["sms"])
+    async def add_opt_out(body: PhoneIn, tenant: str = Depends(guard)) -> Response:
+        await sender.opt_out(tenant, body.phone, source="api")
+        return Response(status_code=204)
+
+    @http.post("/v1/{tenant}/inbound", tags=["sms"])
+    async def inbound(body: InboundIn, tenant: str = Depends(guard)) -> dict[str, str]:
+        """A reply from a phone (the outbox provider's stand-in for the Twilio webhook)."""
+        return {"result": await sender.inbound(tenant, body.sender, body.body)}
+
+    async def twilio_form(tenant: str, request: Request) -> dict[str, str]:
+        if settings.provider != "twilio" or tenant not in service.tenants:
+            raise HTTPException(404, "not found")
+        form = dict(parse_qsl((await request.body()).decode(), keep_blank_values=True))
+        url = settings.public_url.rstrip("/") + request.url.path
+        if request.url.query:
+            url += "?" + request.url.query
+        expected = twilio_signature(settings.twilio_auth_token.get_secret_value(), url, form)
+        given = request.headers.get("X-Twilio-Signature", "")
+        if not hmac.compare_digest(expected, given):
+            raise HTTPException(403, "bad Twilio signature")
+        return form
+
+    @http.post("/v1/{tenant}/twilio/inbound", tags=["twilio"])
+    async def twilio_inbound(tenant: str, request: Request) -> Response:
+        form = await twilio_form(tenant, request)
+        sender_phone, body = form.get("From", ""), form.get("Body", "")
+        if not sender_phone:
+            raise HTTPException(422, "From is required")
+        await sender.inbound(tenant, sender_phone, body)
+        return Response(TWIML_EMPTY, media_type="application/xml")
+
+    @http.post("/v1/{tenant}/twilio/status", status_code=204, tags=["twilio"])
+    async def twilio_status(tenant: str, request: Request) -> Response:
+        form = await twilio_form(tenant, request)
+        sid, status = form.get("MessageSid", ""), form.get("MessageStatus", "")
+        if not sid or not status:
+            raise HTTPException(422, "MessageSid and MessageStatus are required")
+        if not await sender.provider_status(tenant, sid, status):
+            raise HTTPException(404, "unknown message")
+        return Response(status_code=204)
+
+
+async def _unavailable(_request: Request, exc: Exception) -> JSONResponse:
+    return JSONResponse({"detail": str(exc)}, status_code=503)

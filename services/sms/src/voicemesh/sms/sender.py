@@ -1,0 +1,281 @@
+"""Sending one SMS job: claim it by key, honour opt-outs and the tenant's rate, send, record.
+
+The order is what makes a job send once: the job's row is committed (claimed by its
+idempotency key) before the provider is called, and marked sent right after. A redelivered
+job whose row is already final is not sent again; its status event is re-published with
+the same event id, which JetStream deduplicates. (A crash between the provider's answer and
+the commit can still send twice: providers offer no idempotency key to close that gap.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from voicemesh.common import EventPublisher, SmsJob, UnavailableError, subjects
+from voicemesh.common.db import Database
+from voicemesh.common.tools import SmsStatus
+from voicemesh.sms.models import OptOut, SmsMessage
+from voicemesh.sms.providers import ProviderRejected, SmsProvider
+
+__all__ = ["RateLimiter", "SmsSender", "is_start", "is_stop"]
+
+log = logging.getLogger(__name__)
+
+STOP_WORDS = frozenset({"stop", "stopall", "unsubscribe", "cancel", "end", "quit", "optout"})
+START_WORDS = frozenset({"start", "unstop", "yes"})
+FINAL = frozenset({"sent", "delivered", "failed", "opted_out", "undelivered"})
+
+
+def is_stop(body: str) -> bool:
+    return body.strip().strip(".!").lower() in STOP_WORDS
+
+
+def is_start(body: str) -> bool:
+    return body.strip().strip(".!").lower() in START_WORDS
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class RateLimiter:
+    """At most ``limit`` texts per tenant per fixed window, counted in Redis across replicas."""
+
+    def __init__(self, redis: Redis, *, limit: int, window_s: int) -> None:
+        self._redis = redis
+        self.limit = limit
+        self.window_s = window_s
+
+    async def acquire(self, tenant: str, *, heartbeat: Callable[[], Awaitable[None]]) -> None:
+        """Wait until the tenant may send one more text; ``heartbeat`` keeps the job leased."""
+        key = f"vm:sms:rate:{tenant}"
+        while True:
+            try:
+                async with self._redis.pipeline(transaction=True) as pipe:
+                    pipe.set(key, 0, ex=self.window_s, nx=True)
+                    pipe.incr(key)
+                    pipe.pttl(key)
+                    _, count, ttl_ms = await pipe.execute()
+            except (RedisError, OSError) as exc:
+                raise UnavailableError(f"rate limiter unavailable: {type(exc).__name__}") from exc
+            if int(count) <= self.limit:
+                return
+            # Over the limit: wait for the window to roll over instead of failing the job,
+            # telling JetStream we are still working on it.
+            await heartbeat()
+            await asyncio.sleep(min(max(int(ttl_ms), 50) / 1000, 5.0))
+
+
+class SmsSender:
+    """The sms service's rules, shared by the job consumer, the tool and the HTTP API."""
+
+    def __init__(
+        self,
+        db: Database,
+        provider: SmsProvider,
+        limiter: RateLimiter,
+        events: EventPublisher,
+        *,
+        sender_id: str,
+        status_callback: Callable[[str], str | None] = lambda _tenant: None,
+    ) -> None:
+        self._status_callback = status_callback
+        self._db = db
+        self._provider = provider
+        self._limiter = limiter
+        self._events = events
+        self._sender_id = sender_id
+
+    @asynccontextmanager
+    async def session(self) -> AsyncIterator[AsyncSession]:
+        try:
+            async with AsyncSession(self._db.engine, expire_on_commit=False) as session:
+                yield session
+        except IntegrityError:
+            raise
+        except (OperationalError, DBAPIError, OSError) as exc:
+            raise UnavailableError(f"sms database unavailable: {type(exc).__name__}") from exc
+
+    async def handle(self, job: SmsJob, *, heartbeat: Callable[[], Awaitable[None]]) -> str:
+        """Deliver ``job`` once; returns the message's final status."""
+        row = await self._claim(job)
+        if row.status in FINAL:
+            await self._announce(row)  # a redelivery: re-announce, do not resend
+            return row.status
+        if await self.opted_out(job.tenant, job.to):
+            return await self._finish(row, "opted_out", detail="the recipient replied STOP")
+        await self._limiter.acquire(job.tenant, heartbeat=heartbeat)
+        started = time.perf_counter()
+        try:
+            receipt = await self._provider.send(
+                job.to, job.body, self._sender_id, status_callback=self._status_callback(job.tenant)
+            )
+        except ProviderRejected as exc:
+            if exc.unsubscribed:
+                await self.opt_out(job.tenant, job.to, source="provider")
+                return await self._finish(row, "opted_out", detail=str(exc))
+            return await self._finish(row, "failed", detail=str(exc))
+        log.info(
+            "sms %s sent via %s in %.0f ms",
+            row.id,
+            self._provider.name,
+            (time.perf_counter() - started) * 1000,
+        )
+        return await self._finish(row, "sent", provider_id=receipt.provider_id)
+
+    async def _claim(self, job: SmsJob) -> SmsMessage:
+        now = _now()
+        row = SmsMessage(
+            tenant=job.tenant,
+            idempotency_key=job.idempotency_key,
+            to=job.to,
+            body=job.body,
+            purpose=job.purpose,
+            call_id=job.call_id,
+            provider=self._provider.name,
+            created_at=now,
+            updated_at=now,
+        )
+        try:
+            async with self.session() as session:
+                session.add(row)
+                await session.commit()
+                return row
+        except IntegrityError:
+            pass
+        async with self.session() as session:
+            existing = (
+                await session.exec(
+                    select(SmsMessage).where(
+                        SmsMessage.tenant == job.tenant,
+                        SmsMessage.idempotency_key == job.idempotency_key,
+                    )
+                )
+            ).one()
+            existing.attempts += 1
+            session.add(existing)
+            await session.commit()
+            return existing
+
+    async def _finish(
+        self, row: SmsMessage, status: str, *, provider_id: str | None = None, detail: str = ""
+    ) -> str:
+        async with self.session() as session:
+            stored = await session.get(SmsMessage, row.id)
+            if stored is None:  # claimed above and never deleted: a broken database
+                raise UnavailableError(f"sms message {row.id} vanished")
+            stored.status = status
+            stored.provider_id = provider_id
+            stored.detail = detail[:512]
+            stored.updated_at = _now()
+            if status == "sent":
+                stored.sent_at = stored.updated_at
+            session.add(stored)
+            await session.commit()
+        await self._announce(stored)
+        return status
+
+    async def _announce(self, row: SmsMessage) -> None:
+        digest = hashlib.sha256(
+            f"{row.tenant}\x00{row.idempotency_key}\x00{row.status}".encode()
+        ).hexdigest()[:40]
+        event = SmsStatus(
+            event_id=digest,
+            tenant=row.tenant,
+            call_id=row.call_id,
+            source="sms",
+            idempotency_key=row.idempotency_key,
+            status=row.status,  # only FINAL statuses reach here
+            to=row.to,
+            provider=row.provider,
+            provider_id=row.provider_id,
+            detail=row.detail,
+        )
+        await self._events.publish(event, subjects.event(row.tenant, "sms"))
+
+    # -- status callbacks -------------------------------------------------------------------
+
+    async def provider_status(self, tenant: str, provider_id: str, status: str) -> bool:
+        """Record a delivery report; returns False for a message this tenant never sent."""
+        mapped = {"delivered": "delivered", "undelivered": "undelivered", "failed": "failed"}
+        final = mapped.get(status)
+        async with self.session() as session:
+            row = (
+                await session.exec(
+                    select(SmsMessage).where(
+                        SmsMessage.tenant == tenant, SmsMessage.provider_id == provider_id
+                    )
+                )
+            ).first()
+            if row is None:
+                return False
+            if final is None or row.status == final:
+                return True  # queued/sending/sent progress reports change nothing we keep
+            row.status = final
+            row.updated_at = _now()
+            session.add(row)
+            await session.commit()
+        await self._announce(row)
+        return True
+
+    # -- opt-outs ---------------------------------------------------------------------------
+
+    async def opted_out(self, tenant: str, phone: str) -> bool:
+        async with self.session() as session:
+            return await session.get(OptOut, (tenant, phone)) is not None
+
+    async def opt_out(self, tenant: str, phone: str, *, source: str = "reply") -> None:
+        try:
+            async with self.session() as session:
+                session.add(OptOut(tenant=tenant, phone=phone, source=source, created_at=_now()))
+                await session.commit()
+        except IntegrityError:
+            pass  # already opted out
+
+    async def opt_in(self, tenant: str, phone: str) -> bool:
+        async with self.session() as session:
+            row = await session.get(OptOut, (tenant, phone))
+            if row is None:
+                return False
+            await session.delete(row)
+            await session.commit()
+            return True
+
+    async def inbound(self, tenant: str, sender: str, body: str) -> str:
+        """A reply from a phone: STOP opts it out, START opts it back in."""
+        if is_stop(body):
+            await self.opt_out(tenant, sender)
+            return "opted_out"
+        if is_start(body):
+            await self.opt_in(tenant, sender)
+            return "opted_in"
+        return "ignored"
+
+    async def opt_outs(self, tenant: str) -> list[OptOut]:
+        async with self.session() as session:
+            rows = await session.exec(
+                select(OptOut).where(OptOut.tenant == tenant).order_by(col(OptOut.created_at))
+            )
+            return list(rows.all())
+
+    async def messages(self, tenant: str, *, limit: int, to: str | None = None) -> list[SmsMessage]:
+        query = select(SmsMessage).where(SmsMessage.tenant == tenant)
+        if to:
+            query = query.where(SmsMessage.to == to)
+        async with self.session() as session:
+            rows = await session.exec(
+                query.order_by(col(SmsMessage.created_at).desc()).limit(limit)
+            )
+            return list(rows.all())

@@ -1,0 +1,350 @@
+"""The sms service on real NATS JetStream, Redis and SQLite, and against a local Twilio peer."""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qsl
+
+import httpx
+import pytest
+from nats.aio.client import Client as NatsClient
+from nats.js.client import JetStreamContext
+
+from voicemesh.common import DeadLetter, MeshService, SmsJob, streams, subjects
+from voicemesh.common.testing import wait_until
+from voicemesh.common.tools import SmsStatus, ToolClient, job_event_id
+from voicemesh.sms import SmsSettings, create_app
+from voicemesh.sms.app import twilio_signature
+
+API_KEY = "sms-test-key-0123456789abc"
+PHONE = "+15555550123"
+
+
+@dataclass
+class Sms:
+    service: MeshService
+    tenant: str
+    http: httpx.AsyncClient
+    js: JetStreamContext
+    nats: NatsClient
+    statuses: list[SmsStatus] = field(default_factory=list)
+
+    async def publish(self, key: str, to: str = PHONE, event_id: str | None = None) -> SmsJob:
+        job = SmsJob(
+            tenant=self.tenant, source="test", idempotency_key=key, to=to, body=f"hello {key}"
+        )
+        if event_id:
+            job = job.model_copy(update={"event_id": event_id})
+        await self.js.publish(
+            subjects.sms_outbound(self.tenant),
+            job.model_dump_json().encode(),
+            headers={"Nats-Msg-Id": job.event_id},
+        )
+        return job
+
+    async def status_of(self, key: str, status: str, timeout: float = 15) -> SmsStatus:
+        result: SmsStatus = await wait_until(
+            lambda: next(
+                (s for s in self.statuses if s.idempotency_key == key and s.status == status), None
+            ),
+            timeout,
+            what=f"{status} for {key}",
+        )
+        return result
+
+    async def settled(self) -> None:
+        async def idle() -> bool:
+            info = await self.js.consumer_info("SMS", "sms-jobs")
+            return bool(info.num_pending == 0 and info.num_ack_pending == 0)
+
+        await wait_until(idle, timeout=15, what="every job acked")
+
+    async def messages(self) -> list[dict[str, Any]]:
+        response = await self.http.get(f"/v1/{self.tenant}/messages")
+        assert response.status_code == 200, response.text
+        rows: list[dict[str, Any]] = response.json()
+        return rows
+
+
+StartSms = Callable[..., Awaitable[Sms]]
+
+
+@pytest.fixture
+async def start_sms(
+    nats: NatsClient,
+    nats_url: str,
+    redis_url: str,
+    sqlite_url: str,
+    unique: Callable[[str], str],
+) -> AsyncIterator[StartSms]:
+    js = nats.jetstream()
+    await streams.apply(js, services={"sms"})
+    started: list[tuple[MeshService, httpx.AsyncClient]] = []
+    subs = []
+
+    async def start(**overrides: object) -> Sms:
+        tenant = unique("t")
+        settings = SmsSettings.model_validate(
+            {
+                "nats_urls": [nats_url],
+                "redis_url": redis_url,
+                "database_url": sqlite_url,
+                "tenants": f"{tenant}:salon",
+                "api_keys": f"{tenant}:{API_KEY}",
+                **overrides,
+            }
+        )
+        service = create_app(settings)
+        await service.start()
+        http = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=service.http),
+            base_url="http://sms",
+            headers={"Authorization": f"Bearer {API_KEY}"},
+        )
+        started.append((service, http))
+        sms = Sms(service, tenant, http, js, nats)
+
+        async def on_status(msg: Any) -> None:
+            sms.statuses.append(SmsStatus.model_validate_json(msg.data))
+
+        subs.append(await nats.subscribe(subjects.event(tenant, "sms"), cb=on_status))
+        return sms
+
+    yield start
+    for sub in subs:
+        await sub.unsubscribe()
+    for service, http in reversed(started):
+        await http.aclose()
+        await service.stop()
+
+
+async def test_a_job_published_twice_sends_one_message(start_sms: StartSms) -> None:
+    sms = await start_sms()
+    await sms.publish("once")
+    await sms.publish("once")  # a new event id: only the database's key can catch it
+    await sms.publish("other")
+    sent = await sms.status_of("once", "sent")
+    assert sent.provider == "outbox" and sent.provider_id and sent.to == PHONE
+    await sms.status_of("other", "sent")
+    await sms.settled()
+    rows = await sms.messages()
+    assert sorted(r["idempotency_key"] for r in rows) == ["once", "other"]
+    assert all(r["status"] == "sent" for r in rows)
+
+
+async def test_stop_opts_out_and_start_opts_back_in(start_sms: StartSms) -> None:
+    sms = await start_sms()
+    stop = await sms.http.post(f"/v1/{sms.tenant}/inbound", json={"from": PHONE, "body": " Stop "})
+    assert stop.json() == {"result": "opted_out"}
+    assert (await sms.http.get(f"/v1/{sms.tenant}/opt-outs")).json() == [PHONE]
+
+    await sms.publish("while-out")
+    await sms.status_of("while-out", "opted_out")
+    row = next(r for r in await sms.messages() if r["idempotency_key"] == "while-out")
+    assert row["provider_id"] is None  # the provider was never asked
+
+    tools = ToolClient(sms.nats, source="test")
+    refused = await tools.call(
+        sms.tenant, "sms", "send", {"to": PHONE, "body": "hi", "idempotency_key": "tool-out"}
+    )
+    assert refused.ok and refused.result == {"idempotency_key": "tool-out", "queued": False}
+
+    start = await sms.http.post(f"/v1/{sms.tenant}/inbound", json={"from": PHONE, "body": "START"})
+    assert start.json() == {"result": "opted_in"}
+    await sms.publish("back-in")
+    await sms.status_of("back-in", "sent")
+
+
+async def test_send_tool_enqueues_once_per_key(start_sms: StartSms) -> None:
+    sms = await start_sms()
+    tools = ToolClient(sms.nats, source="test")
+    args = {"to": PHONE, "body": "your table is ready", "idempotency_key": "tool-1"}
+    for _ in range(3):
+        result = await tools.call(sms.tenant, "sms", "send", args, call_id="call-9")
+        assert result.ok and result.result == {"idempotency_key": "tool-1", "queued": True}
+    sent = await sms.status_of("tool-1", "sent")
+    assert sent.call_id == "call-9"
+    await sms.settled()
+    assert [r["idempotency_key"] for r in await sms.messages()] == ["tool-1"]
+    bad = await tools.call(
+        sms.tenant, "sms", "send", {"to": "555", "body": "x", "idempotency_key": "k"}
+    )
+    assert bad.error is not None and bad.error.code.value == "invalid"
+
+
+async def test_rate_limit_delays_but_never_drops(start_sms: StartSms) -> None:
+    sms = await start_sms(rate_limit=2, rate_window_s=2)
+    for i in range(4):
+        await sms.publish(f"r{i}")
+    for i in range(4):
+        await sms.status_of(f"r{i}", "sent", timeout=20)
+    stored = await sms.service.http.state.sender.messages(sms.tenant, limit=10)
+    sent_at = sorted(r.sent_at for r in stored)
+    assert len(sent_at) == 4
+    assert (sent_at[2] - sent_at[0]).total_seconds() >= 1.5, sent_at
+
+
+async def test_malformed_job_is_dead_lettered_and_the_consumer_goes_on(
+    start_sms: StartSms, unique: Callable[[str], str]
+) -> None:
+    sms = await start_sms()
+    dead = await sms.js.subscribe(subjects.dead_letter(sms.tenant), stream="DLQ")
+    await sms.js.publish(subjects.sms_outbound(sms.tenant), b'{"type": "sms.job", "to": 5}')
+    stranger = unique("s")
+    await sms.js.publish(
+        subjects.sms_outbound(sms.tenant),
+        SmsJob(tenant=stranger, source="t", idempotency_key="x", to=PHONE, body="b")
+        .model_dump_json()
+        .encode(),
+    )
+    reasons = []
+    for _ in range(2):
+        msg = await dead.next_msg(timeout=10)
+        reasons.append(DeadLetter.model_validate_json(msg.data).reason)
+        await msg.ack()
+    assert any("to" in r for r in reasons) and any("tenant" in r for r in reasons), reasons
+    await sms.publish("after")
+    await sms.status_of("after", "sent")
+    await dead.unsubscribe()
+
+
+# --- Twilio ------------------------------------------------------------------------------------
+
+
+@dataclass
+class FakeTwilio:
+    """A local HTTP server that answers like Twilio's Messages API, from a script."""
+
+    script: list[tuple[int, dict[str, Any]]]
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    url: str = ""
+
+
+@pytest.fixture
+def twilio() -> Iterator[FakeTwilio]:
+    fake = FakeTwilio(script=[])
+    lock = threading.Lock()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            length = int(self.headers.get("Content-Length", "0"))
+            form = dict(parse_qsl(self.rfile.read(length).decode()))
+            with lock:
+                fake.requests.append(
+                    {"path": self.path, "auth": self.headers.get("Authorization"), "form": form}
+                )
+                status, payload = fake.script.pop(0) if fake.script else (201, {})
+            if status == 201:
+                payload = {"sid": f"SM{len(fake.requests):032d}", "status": "queued", **payload}
+            body = json.dumps(payload).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            if status == 429:
+                self.send_header("Retry-After", "1")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            return
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    fake.url = f"http://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield fake
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+TWILIO = {
+    "provider": "twilio",
+    "twilio_account_sid": "AC0123456789abcdef0123456789abcdef",
+    "twilio_auth_token": "twilio-test-token-0123456789",
+    "sender_id": "+15550001111",
+    "public_url": "https://sms.example.test",
+}
+
+
+async def test_twilio_form_fields_429_and_5xx_then_delivery_report(
+    start_sms: StartSms, twilio: FakeTwilio
+) -> None:
+    twilio.script = [(429, {"code": 20429, "message": "Too Many Requests"}), (503, {})]
+    sms = await start_sms(**TWILIO, twilio_base_url=twilio.url)
+    await sms.publish("tw-1")
+    sent = await sms.status_of("tw-1", "sent", timeout=20)
+    assert len(twilio.requests) == 3  # 429, 503, then accepted
+    sid = TWILIO["twilio_account_sid"]
+    basic = base64.b64encode(f"{sid}:{TWILIO['twilio_auth_token']}".encode()).decode()
+    for request in twilio.requests:
+        assert request["path"] == f"/2010-04-01/Accounts/{sid}/Messages.json"
+        assert request["auth"] == f"Basic {basic}"
+        assert request["form"] == {
+            "To": PHONE,
+            "From": "+15550001111",
+            "Body": "hello tw-1",
+            "StatusCallback": f"https://sms.example.test/v1/{sms.tenant}/twilio/status",
+        }
+    assert sent.provider == "twilio" and sent.provider_id == f"SM{3:032d}"
+
+    # Twilio's delivery report, signed as Twilio signs it; a forged one is refused.
+    path = f"/v1/{sms.tenant}/twilio/status"
+    form = {"MessageSid": sent.provider_id, "MessageStatus": "delivered", "AccountSid": sid}
+    signature = twilio_signature(
+        TWILIO["twilio_auth_token"], "https://sms.example.test" + path, form
+    )
+    forged = await sms.http.post(path, data=form, headers={"X-Twilio-Signature": "bad"})
+    assert forged.status_code == 403
+    report = await sms.http.post(path, data=form, headers={"X-Twilio-Signature": signature})
+    assert report.status_code == 204, report.text
+    await sms.status_of("tw-1", "delivered")
+
+
+async def test_twilio_refusals_are_final_and_unsubscribed_numbers_opt_out(
+    start_sms: StartSms, twilio: FakeTwilio
+) -> None:
+    twilio.script = [
+        (400, {"code": 21211, "message": "Invalid 'To' Phone Number"}),
+        (400, {"code": 21610, "message": "Attempt to send to unsubscribed recipient"}),
+    ]
+    sms = await start_sms(**TWILIO, twilio_base_url=twilio.url)
+    await sms.publish("bad-number", to="+15555550999")
+    failed = await sms.status_of("bad-number", "failed")
+    assert "Invalid 'To' Phone Number" in failed.detail
+    await sms.publish("unsubscribed", to="+15555550888")
+    await sms.status_of("unsubscribed", "opted_out")
+    await sms.settled()
+    assert len(twilio.requests) == 2  # neither was retried
+    assert (await sms.http.get(f"/v1/{sms.tenant}/opt-outs")).json() == ["+15555550888"]
+
+    # An inbound STOP through Twilio's webhook, signature checked.
+    path = f"/v1/{sms.tenant}/twilio/inbound"
+    form = {"From": PHONE, "Body": "STOP", "To": "+15550001111"}
+    signature = twilio_signature(
+        TWILIO["twilio_auth_token"], "https://sms.example.test" + path, form
+    )
+    reply = await sms.http.post(path, data=form, headers={"X-Twilio-Signature": signature})
+    assert reply.status_code == 200 and "<Response>" in reply.text
+    assert PHONE in (await sms.http.get(f"/v1/{sms.tenant}/opt-outs")).json()
+
+
+async def test_api_needs_the_tenant_key(start_sms: StartSms) -> None:
+    sms = await start_sms()
+    anonymous = await sms.http.get(f"/v1/{sms.tenant}/messages", headers={"Authorization": ""})
+    assert anonymous.status_code == 401
+    wrong = await sms.http.get(
+        f"/v1/{sms.tenant}/messages", headers={"Authorization": "Bearer wrong-key-000000000"}
+    )
+    assert wrong.status_code == 403
+    assert (await sms.http.get("/v1/nobody/messages")).status_code == 404
+    bad = await sms.http.post(f"/v1/{sms.tenant}/opt-outs", json={"phone": "not-a-phone"})
+    assert bad.status_code == 422
+    assert job_event_id(sms.tenant, "k") == job_event_id(sms.tenant, "k")

@@ -1,0 +1,99 @@
+"""The transcript service application: ``create_app(settings)`` wires it, ``__main__`` runs it.
+
+One durable consumer (``transcript-segments``) stores segments in order, one at a time;
+the HTTP API serves transcripts, exports and search. Segment text is never logged and
+never put on a span: for healthcare-class tenants it is protected health information.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+from faststream import Context
+from faststream.nats.message import NatsMessage
+from pydantic import ValidationError
+
+from voicemesh.common import MeshService, subjects
+from voicemesh.common.auth import ApiKeys
+from voicemesh.common.bus import subscribe_durable
+from voicemesh.common.db import Database
+from voicemesh.common.errors import InvalidMessage, UnknownTenant
+from voicemesh.common.events import TranscriptSegment
+from voicemesh.common.streams import consumer
+from voicemesh.transcript.api import transcript_router
+from voicemesh.transcript.settings import TranscriptSettings
+from voicemesh.transcript.store import TranscriptStore
+
+__all__ = ["create_app", "parse_segment"]
+
+log = logging.getLogger(__name__)
+
+
+def _api_keys(settings: TranscriptSettings) -> ApiKeys:
+    spec = settings.api_keys.get_secret_value()
+    if settings.api_keys_file is not None:
+        spec += "," + settings.api_keys_file.read_text()
+    return ApiKeys.parse(spec)
+
+
+def parse_segment(subject: str, data: bytes) -> TranscriptSegment:
+    """Validate a segment against its subject, or raise ``InvalidMessage`` saying why.
+
+    Parsed here rather than by FastStream so that no error message can carry the text:
+    pydantic quotes the offending input in its own messages.
+    """
+    try:
+        segment = TranscriptSegment.model_validate_json(data)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False, include_input=False)
+        reason = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in errors[:5]
+        )
+        raise InvalidMessage(f"not a transcript segment: {reason}") from None
+    on_call = subjects.parse_call_subject(subject)
+    if on_call is None or on_call[0] != segment.tenant or on_call[1] != segment.call_id:
+        raise InvalidMessage("segment tenant or call_id does not match its subject")
+    return segment
+
+
+def create_app(settings: TranscriptSettings) -> MeshService:
+    service = MeshService(
+        "transcript",
+        settings,
+        description="Transcript service: durable per-call transcripts, search and export.",
+    )
+    db = Database(settings.database_url.get_secret_value())
+    store = TranscriptStore(db)
+    tracer = service.telemetry.tracer
+
+    @subscribe_durable(service.broker, consumer("transcript", "segments"), settings.tenant)
+    async def on_segment(message: Annotated[NatsMessage, Context("message")]) -> None:
+        raw = message.raw_message
+        segment = parse_segment(raw.subject, raw.data)
+        if segment.tenant not in service.tenants:
+            raise UnknownTenant(f"tenant {segment.tenant!r} is not served here")
+        with tracer.start_as_current_span("transcript.store") as span:
+            # Ids and sizes only: the text stays out of spans for every tenant.
+            span.set_attribute("voicemesh.tenant", segment.tenant)
+            span.set_attribute("voicemesh.call_id", segment.call_id)
+            span.set_attribute("transcript.segment_id", segment.segment_id)
+            span.set_attribute("transcript.speaker", segment.speaker.value)
+            span.set_attribute("transcript.final", segment.final)
+            span.set_attribute("transcript.chars", len(segment.text))
+            stored = await store.add(segment)
+            span.set_attribute("transcript.stored", stored)
+        log.debug("segment %s %s", segment.segment_id, "stored" if stored else "already stored")
+
+    @service.on_startup
+    async def open_database() -> None:
+        await db.create_all()
+
+    @service.on_shutdown
+    async def close_database() -> None:
+        await db.close()
+
+    service.http.include_router(
+        transcript_router(store, _api_keys(settings), service.tenants, tracer)
+    )
+    return service

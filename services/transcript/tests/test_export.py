@@ -1,0 +1,62 @@
+"""Transcript exports: plain text and WebVTT that a player accepts."""
+
+from __future__ import annotations
+
+import re
+
+from voicemesh.transcript.export import as_text, as_webvtt
+from voicemesh.transcript.models import SegmentRow
+
+CUE_TIMING = re.compile(r"^(\d{2}):(\d{2}):(\d{2})\.(\d{3}) --> (\d{2}):(\d{2}):(\d{2})\.(\d{3})$")
+
+
+def row(speaker: str, text: str, start: float, end: float) -> SegmentRow:
+    return SegmentRow(
+        tenant="acme",
+        call_id="c1",
+        segment_id=f"c1:{speaker}:{start}",
+        speaker=speaker,
+        text=text,
+        start_s=start,
+        end_s=end,
+        final=True,
+        occurred_at="2030-01-01T00:00:00.000000Z",
+    )
+
+
+ROWS = [
+    row("agent", "Hello, this is Ada --> how can I help?", 0.0, 2.25),
+    row("caller", "Book <me> for 3 & 4pm\nplease", 3661.5, 3663.0),
+    row("caller", "ok", 3670.0, 3670.0),
+]
+
+
+def _seconds(parts: tuple[str, ...]) -> float:
+    h, m, s, ms = (int(p) for p in parts)
+    return h * 3600 + m * 60 + s + ms / 1000
+
+
+def test_webvtt_has_a_header_and_one_valid_cue_per_segment() -> None:
+    vtt = as_webvtt(ROWS)
+    assert vtt.startswith("WEBVTT\n\n")
+    blocks = vtt.strip().split("\n\n")[1:]
+    assert len(blocks) == 3
+    for n, block in enumerate(blocks, start=1):
+        ident, timing, payload = block.split("\n")
+        assert ident == str(n)
+        match = CUE_TIMING.match(timing)
+        assert match, timing
+        start, end = _seconds(match.groups()[:4]), _seconds(match.groups()[4:])
+        assert end > start  # WebVTT requires it, even for a zero-length segment
+        assert "-->" not in payload and "\n" not in payload
+    assert blocks[0].split("\n")[2] == "<v Agent>Hello, this is Ada --&gt; how can I help?"
+    assert blocks[1].split("\n")[1] == "01:01:01.500 --> 01:01:03.000"
+    assert blocks[1].split("\n")[2] == "<v Caller>Book &lt;me&gt; for 3 &amp; 4pm please"
+
+
+def test_text_export_is_one_line_per_segment_with_speaker_and_time() -> None:
+    assert as_text(ROWS).splitlines() == [
+        "[00:00:00] Agent: Hello, this is Ada --> how can I help?",
+        "[01:01:01] Caller: Book <me> for 3 & 4pm please",
+        "[01:01:10] Caller: ok",
+    ]

@@ -1,0 +1,77 @@
+"""Shared pieces of the fault-injection tests: where their counts go, and the mesh's settings.
+
+Each chaos test writes what it did and what it counted into its own section of
+``bench/results/chaos.json``; ``tests/chaos/report.py`` (run by ``make chaos``) prints the
+table. Sections are merged under a file lock, so tests may run in any order or in parallel.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results" / "chaos.json"
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as lock:  # the results file is its own (advisory) lock
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def record_section(name: str, data: dict[str, Any], path: Path = RESULTS) -> None:
+    """Replace section ``name`` of the chaos results with ``data`` (other sections kept)."""
+    with _locked(path):
+        try:
+            current = json.loads(path.read_text())
+        except (OSError, ValueError):
+            current = {}
+        if not isinstance(current, dict):
+            current = {}
+        sections = current.setdefault("sections", {})
+        sections[name] = {**data, "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        path.write_text(json.dumps(current, indent=2, sort_keys=True))
+
+
+_OUTCOME = pytest.StashKey[str]()
+
+Recorder = Callable[[dict[str, Any]], None]
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    if report.when == "call":
+        item.stash[_OUTCOME] = report.outcome
+    return report
+
+
+@pytest.fixture
+def chaos_results(request: pytest.FixtureRequest) -> Iterator[Recorder]:
+    """``chaos_results({...})`` records the test's counts as its section of the results.
+
+    The section is named after the test and carries its outcome: a test that fails, even
+    before it recorded anything, leaves ``status: failed`` rather than an older run's counts.
+    """
+    name = request.node.name.removeprefix("test_")
+    recorded: dict[str, Any] = {}
+
+    def record(data: dict[str, Any]) -> None:
+        recorded.update(data)
+        record_section(name, {**recorded, "status": "running"})
+
+    record_section(name, {"status": "running"})
+    yield record
+    record_section(name, {**recorded, "status": request.node.stash.get(_OUTCOME, "failed")})

@@ -1,0 +1,313 @@
+"""nats-server restarts in the middle of calls: the gateway and the agent reconnect.
+
+The gateway and the agent run as processes; callers are real aiortc peers dialling the
+gateway over WHIP and speaking eSpeak audio. While the calls are up (the agent has greeted
+each caller) nats-server is stopped, kept down for seconds (one caller hangs up meanwhile)
+and started again on the same port and store. Once the services report their connection
+back, each call must go on: the caller speaks and hears the agent answer within 3 s of the
+end of its speech, or the call ends with ``CallEnded`` and a reason — never silence. The
+hang-up made during the outage still ends its call, a call placed after the restart is
+answered (the agent's durable consumer is back), and every call ends exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+import time
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import Any
+
+import httpx
+import numpy as np
+from aiortc.mediastreams import MediaStreamError
+from av import AudioFrame as AvFrame
+from nats.aio.client import Client as NatsClient
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from voicemesh.agent.speech import speak
+from voicemesh.common import decode_event, streams, subjects
+from voicemesh.common.embedded import EmbeddedServer, free_port
+from voicemesh.common.events import AnyEvent, CallEnded, TranscriptSegment
+from voicemesh.common.testing import ProcessTracker, ServiceProcess, wait_until
+from voicemesh.gateway.testing import ToneTrack, WhipCaller
+
+TENANT = "demo-salon"
+API_KEY = "chaos-nats-salon-key-0123456789"
+SECRET = "chaos-nats-call-token-secret-0123456789"
+RATE = 48000
+SAMPLES = 960
+CALLS_BEFORE = 3
+ANSWER_WITHIN_S = 3.0
+DOWN_S = 2.0
+
+
+class SpeakingTrack(ToneTrack):
+    """The caller's microphone: silence, or the speech ``play`` queued, in real time."""
+
+    def __init__(self) -> None:
+        super().__init__(amplitude=0.0)
+        self._speech: deque[bytes] = deque()
+        self._done: asyncio.Future[float] | None = None
+
+    def play(self, pcm: bytes) -> asyncio.Future[float]:
+        """Queue 48 kHz ``pcm``; the future is when its last frame went out (monotonic).
+
+        Synthesise before (``speech``): eSpeak blocks, and a blocked event loop would
+        stall every caller's RTP in this process.
+        """
+        step = SAMPLES * 2
+        pcm += bytes(-len(pcm) % step)
+        self._speech.extend(pcm[i : i + step] for i in range(0, len(pcm), step))
+        self._done = asyncio.get_running_loop().create_future()
+        return self._done
+
+    def stop(self) -> None:
+        # A call that ends mid-sentence (the agent hung up, the peer closed) still ends the
+        # sentence for whoever waits on it: at the moment the microphone went dead.
+        if self._done is not None and not self._done.done():
+            self._done.set_result(time.monotonic())
+        super().stop()
+
+    async def recv(self) -> AvFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        now = time.monotonic()
+        if self._start is None:
+            self._start = now
+        else:
+            self._pts += SAMPLES
+            due = self._start + self._pts / RATE
+            if due > now:
+                await asyncio.sleep(due - now)
+        if self._speech:
+            chunk = self._speech.popleft()
+            if not self._speech and self._done is not None and not self._done.done():
+                self._done.set_result(time.monotonic() + SAMPLES / RATE)
+        else:
+            chunk = bytes(SAMPLES * 2)
+        frame = AvFrame.from_ndarray(
+            np.frombuffer(chunk, dtype=np.int16).reshape(1, -1), format="s16", layout="mono"
+        )
+        frame.sample_rate = RATE
+        frame.pts = self._pts
+        frame.time_base = fractions.Fraction(1, RATE)
+        return frame
+
+
+class Caller(WhipCaller):
+    def __init__(self, http: httpx.AsyncClient) -> None:
+        super().__init__(http)
+        self.tone = SpeakingTrack()
+        self.call_id = ""
+
+    @property
+    def mic(self) -> SpeakingTrack:
+        assert isinstance(self.tone, SpeakingTrack)
+        return self.tone
+
+    def heard_after(self, moment: float) -> float | None:
+        return next((t for t in self.heard.loud_at if t > moment), None)
+
+    def quiet_for(self, seconds: float) -> bool:
+        last = self.heard.loud_at[-1] if self.heard.loud_at else 0.0
+        return bool(self.heard.loud_at) and time.monotonic() - last >= seconds
+
+    async def dial(self) -> None:
+        created = await self.create(TENANT, API_KEY)
+        self.call_id = created["call_id"]
+        response = await self.connect(created["whip_url"], created["token"])
+        assert response.status_code == 201, response.text
+        await wait_until(self.connected, 20, what="the call to connect")
+
+
+def _mesh(
+    processes: ProcessTracker, nats_url: str, redis_url: str
+) -> tuple[ServiceProcess, ServiceProcess, str]:
+    gateway_port = free_port()
+    common = {"VOICEMESH_NATS_URL": nats_url, "VOICEMESH_TENANTS": f"{TENANT}:salon"}
+    gateway = processes.python_module(
+        "voicemesh.gateway",
+        {
+            **common,
+            "VOICEMESH_REDIS_URL": redis_url,
+            "VOICEMESH_CALL_TOKEN_SECRET": SECRET,
+            "VOICEMESH_API_KEYS": f"{TENANT}:{API_KEY}",
+        },
+        http_port=gateway_port,
+    )
+    agent = processes.python_module("voicemesh.agent", common)
+    return gateway, agent, f"http://127.0.0.1:{gateway_port}"
+
+
+async def _stored(nats: NatsClient, subject: str) -> list[AnyEvent]:
+    """Every event JetStream holds on ``subject`` (durable, unlike a core subscription)."""
+    sub = await nats.jetstream().pull_subscribe(
+        subject, config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL, ack_policy=AckPolicy.NONE)
+    )
+    found: list[AnyEvent] = []
+    try:
+        while True:
+            try:
+                batch = await sub.fetch(100, timeout=0.5)
+            except TimeoutError:
+                return found
+            found += [decode_event(m.data) for m in batch]
+    finally:
+        await sub.unsubscribe()
+
+
+async def _lifecycle_ends(nats: NatsClient) -> list[CallEnded]:
+    """Every ``CallEnded`` in the CALLS stream."""
+    events = await _stored(nats, subjects.call_lifecycle(TENANT, "*"))
+    return [e for e in events if isinstance(e, CallEnded)]
+
+
+async def _restart(server: EmbeddedServer, while_down: Callable[[], Awaitable[None]]) -> float:
+    """Stop nats-server, keep it down a while, start it on the same port and store."""
+    started = time.monotonic()
+    await asyncio.to_thread(server.stop)
+    # A pod restart, not a blip: every client sees it, and a caller hangs up meanwhile.
+    await asyncio.gather(asyncio.sleep(DOWN_S), while_down())
+    await asyncio.to_thread(server.restart)
+    return time.monotonic() - started
+
+
+async def test_calls_survive_a_nats_restart(
+    nats_server: EmbeddedServer,
+    nats: NatsClient,
+    redis_url: str,
+    processes: ProcessTracker,
+    chaos_results: Callable[[dict[str, Any]], None],
+) -> None:
+    await streams.apply(nats.jetstream(), services={"agent"})
+    gateway, agent, base = _mesh(processes, nats_server.url, redis_url)
+    await gateway.wait_healthy(30)
+    await agent.wait_healthy(30)
+    outcomes: list[dict[str, Any]] = []
+    callers: list[Caller] = []
+    async with httpx.AsyncClient(base_url=base, timeout=10) as http:
+        try:
+            for _ in range(CALLS_BEFORE):
+                caller = Caller(http)
+                callers.append(caller)
+                await caller.dial()
+            for caller in callers:  # the agent greets each caller
+                await wait_until(partial(caller.heard_after, 0.0), 20, what="the greeting")
+                await wait_until(partial(caller.quiet_for, 0.8), 20, what="greeting done")
+
+            utterance = await asyncio.to_thread(speak, "I would like to book a haircut", RATE)
+            quitter, talkers = callers[0], callers[1:]
+            hangup: list[httpx.Response] = []
+
+            async def hang_up_while_down() -> None:
+                await asyncio.sleep(0.3)
+                hangup.append(await quitter.hangup())
+
+            down_s = await _restart(nats_server, hang_up_while_down)
+            back_at = time.monotonic()
+            # Both services report their NATS connection back (/healthz pings it).
+            await asyncio.gather(gateway.wait_healthy(15), agent.wait_healthy(15))
+            reconnected_s = time.monotonic() - back_at
+            assert [r.status_code for r in hangup] == [200]
+            outcomes.append({"call": quitter.call_id, "hung_up_while_nats_down": True})
+
+            async def talk(caller: Caller) -> None:
+                speech_s = len(utterance) / 2 / RATE
+                try:
+                    ended_at = await asyncio.wait_for(caller.mic.play(utterance), speech_s + 10)
+                except TimeoutError:
+                    # The microphone stopped being read: the call went away under the caller.
+                    ended_at = time.monotonic()
+                answered_at = await _answer_or_end(caller, ended_at, nats)
+                outcomes.append(
+                    {
+                        "call": caller.call_id,
+                        "answered_after_s": (
+                            round(answered_at - ended_at, 2) if answered_at else None
+                        ),
+                        "silent_s": round((answered_at or ended_at) - back_at, 2),
+                    }
+                )
+                await wait_until(lambda: caller.quiet_for(0.8), 20, what="answer done")
+
+            await asyncio.gather(*(talk(c) for c in talkers))
+
+            # A call placed after the restart is picked up: the consumer is back.
+            late = Caller(http)
+            callers.append(late)
+            dialled = time.monotonic()
+            await late.dial()
+            greeted = await wait_until(lambda: late.heard_after(dialled), 20, what="greeting")
+            outcomes.append({"call": late.call_id, "greeted_after_s": round(greeted - dialled, 2)})
+
+            for caller in callers[1:]:
+                assert (await caller.hangup()).status_code == 200
+        finally:
+            for caller in callers:
+                await caller.close()
+
+    call_ids = {c.call_id for c in callers}
+
+    async def all_ended() -> bool:
+        return {e.call_id for e in await _lifecycle_ends(nats)} >= call_ids
+
+    await wait_until(all_ended, 15, interval=0.5, what="every CallEnded")
+    ends = [e for e in await _lifecycle_ends(nats) if e.call_id in call_ids]
+    async with httpx.AsyncClient(timeout=5) as http:
+        agent_port = agent.http_port
+        await wait_until(
+            lambda: _agent_idle(http, agent_port), 10, what="the agent to end its conversations"
+        )
+    per_call = Counter(e.call_id for e in ends)
+    chaos_results(
+        {
+            "title": "NATS restart mid-call, gateway + agent",
+            "calls": len(callers),
+            "events_published": None,
+            "faults": [f"nats-server restart ({down_s:.1f} s down)"],
+            "reconnected_after_s": round(reconnected_s, 2),
+            # Each call goes on or ends once with a reason; a silent call counts as lost.
+            "expected": len(call_ids),
+            "recorded": sum(1 for c in call_ids if per_call[c]),
+            "lost": sum(1 for c in call_ids if not per_call[c]),
+            "duplicated": sum(per_call[c] - 1 for c in call_ids if per_call[c] > 1),
+            "outcomes": outcomes,
+            "ended": {e.call_id: e.reason.value for e in ends},
+            "crashes": sum(not p.alive() for p in (gateway, agent)),
+        },
+    )
+    assert sorted(e.call_id for e in ends) == sorted(call_ids), "each call ends exactly once"
+    assert {e.reason.value for e in ends} == {"hangup"}
+    assert gateway.alive() and agent.alive()
+    for process in (gateway, agent):
+        assert API_KEY not in process.log() and SECRET not in process.log()
+
+
+async def _answer_or_end(caller: Caller, spoke_until: float, nats: NatsClient) -> float | None:
+    """When the agent's answer was heard; ``None`` if the call ended instead (with a reason)."""
+    deadline = spoke_until + ANSWER_WITHIN_S
+    while time.monotonic() < deadline:
+        if heard := caller.heard_after(spoke_until):
+            return heard
+        await asyncio.sleep(0.05)
+    ends = [e for e in await _lifecycle_ends(nats) if e.call_id == caller.call_id]
+    loud = [round(t - spoke_until, 2) for t in caller.heard.loud_at[-5:]]
+    wall = time.time() - (time.monotonic() - spoke_until)
+    lines = [
+        f"{s.speaker.value} at {s.occurred_at.timestamp() - wall:+.2f}s: {s.text}"
+        for s in await _stored(nats, subjects.call_transcript(TENANT, caller.call_id))
+        if isinstance(s, TranscriptSegment)
+    ]
+    assert ends, (
+        f"call {caller.call_id}: no answer within {ANSWER_WITHIN_S}s and not ended; "
+        f"last loud audio at {loud} s from the end of speech; transcript {lines}"
+    )
+    return None
+
+
+async def _agent_idle(http: httpx.AsyncClient, port: int | None) -> bool:
+    response = await http.get(f"http://127.0.0.1:{port}/v1/calls")
+    return response.status_code == 200 and response.json()["active"] == 0
