@@ -14,7 +14,7 @@ import asyncio
 import base64
 import shutil
 import time
-from datetime import datetime, timedelta
+from datetime import datetime
 from datetime import time as clock
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,7 @@ from playwright.async_api import Page, async_playwright
 
 from voicemesh.common import subjects
 from voicemesh.common.events import EndReason, Speaker
-from voicemesh.common.testing import wait_until
+from voicemesh.common.testing import LocalDays, wait_until
 from voicemesh.phone import synthesize
 from voicemesh.phone.script import CallWatcher, Line, converse
 
@@ -120,6 +120,7 @@ class PageCaller:
 async def test_demo_page_books_with_the_real_agent(mesh: Mesh) -> None:
     assert HAVE_CHROMIUM, "Debian's chromium is required: apt-get install chromium"
     gateway = mesh.url("gateway")
+    days = LocalDays()
     nc = await nats.connect(mesh.nats_url)
     try:
         async with async_playwright() as p:
@@ -180,17 +181,17 @@ async def test_demo_page_books_with_the_real_agent(mesh: Mesh) -> None:
     async with httpx.AsyncClient(timeout=10) as http:
         hours = (await http.get(f"{mesh.url('calendar')}/v1/{TENANT}/hours", headers=auth)).json()
         zone = ZoneInfo(hours["time_zone"])
-        tomorrow = datetime.now(zone).date() + timedelta(days=1)
+        tomorrows = days.tomorrows(zone)
         listed = await http.get(
             f"{mesh.url('calendar')}/v1/{TENANT}/appointments",
-            params={"day": tomorrow.isoformat(), "days": 1},
+            params={"day": tomorrows[0].isoformat(), "days": len(tomorrows)},
             headers=auth,
         )
-        at_eleven = datetime.combine(tomorrow, clock(11, 0), tzinfo=zone)
+        at_eleven = {datetime.combine(day, clock(11, 0), tzinfo=zone) for day in tomorrows}
         [booked] = [
             a
             for a in listed.json()["appointments"]
-            if datetime.fromisoformat(a["start"]) == at_eleven
+            if datetime.fromisoformat(a["start"]) in at_eleven
         ]
         assert booked["status"] == "booked" and booked["name"].lower().startswith("mary")
 

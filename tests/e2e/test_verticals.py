@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import httpx
@@ -31,7 +31,7 @@ from nats.aio.client import Client as NatsClient
 from voicemesh.agent.profiles import ProfileLibrary
 from voicemesh.agent.testing import decode_agent_audio
 from voicemesh.common.events import EndReason, Speaker
-from voicemesh.common.testing import wait_until
+from voicemesh.common.testing import LocalDays, wait_until
 from voicemesh.phone import dial
 from voicemesh.phone.phone import PhoneCall
 from voicemesh.phone.script import CallWatcher, converse
@@ -84,6 +84,7 @@ class Outcome:
     said: int
     greeting_audio: bytes  # what the phone heard first, as 16 kHz PCM
     replies: list[Reply]
+    days: LocalDays  # the dates the call ran across ("tomorrow" is by the agent's clock)
 
 
 async def _texts(http: httpx.AsyncClient, mesh: Mesh, want: Expected) -> set[str]:
@@ -102,6 +103,7 @@ async def _call(http: httpx.AsyncClient, nc: NatsClient, mesh: Mesh, want: Expec
         f"{mesh.url('gateway')}/v1/{want.tenant}/calls", headers=mesh.auth(want.tenant)
     )
     assert created.status_code == 201, created.text
+    days = LocalDays()
     body = created.json()
     watcher = CallWatcher(nc, want.tenant, body["call_id"])
     await watcher.start()
@@ -124,7 +126,7 @@ async def _call(http: httpx.AsyncClient, nc: NatsClient, mesh: Mesh, want: Expec
     # hearing the greeting out).
     greeting = call.first_words(until=answered_at[0]) if answered_at else b""
     return Outcome(
-        want, body["call_id"], watcher, said, greeting, _replies(call, watcher, answered_at)
+        want, body["call_id"], watcher, said, greeting, _replies(call, watcher, answered_at), days
     )
 
 
@@ -142,12 +144,13 @@ def _replies(call: PhoneCall, watcher: CallWatcher, answered_at: list[float]) ->
     return replies
 
 
-def _check_slot(start: datetime, zone: ZoneInfo, want: Expected, today: date) -> None:
+def _check_slot(start: datetime, zone: ZoneInfo, want: Expected, days: LocalDays) -> None:
     local = start.astimezone(zone)
+    seen = days.seen(zone)
     assert (local.hour, local.minute) == (want.hour, 0), (want.vertical, local)
-    assert today < local.date() <= today + timedelta(days=14), (want.vertical, local)
+    assert seen[0] < local.date() <= seen[-1] + timedelta(days=14), (want.vertical, local)
     if want.day == "tomorrow":
-        assert local.date() == today + timedelta(days=1), (want.vertical, local)
+        assert local.date() in days.tomorrows(zone), (want.vertical, local)
     else:
         assert WEEKDAYS[local.weekday()] == want.day, (want.vertical, local)
 
@@ -186,10 +189,10 @@ async def _check_outcome(
     if want.goal_tool == "calendar.book":
         hours = (await http.get(f"{mesh.url('calendar')}/v1/{tenant}/hours", headers=auth)).json()
         zone = ZoneInfo(hours["time_zone"])
-        today = datetime.now(zone).date()
+        first = outcome.days.first(zone)
         listed = await http.get(
             f"{mesh.url('calendar')}/v1/{tenant}/appointments",
-            params={"day": (today + timedelta(days=1)).isoformat(), "days": 14},
+            params={"day": (first + timedelta(days=1)).isoformat(), "days": 15},
             headers=auth,
         )
         assert listed.status_code == 200, listed.text
@@ -200,7 +203,7 @@ async def _check_outcome(
             if a["status"] == "booked" and a["name"].lower().startswith(want.name)
         ]
         assert len(ours) == 1, (want.vertical, listed.json())
-        _check_slot(datetime.fromisoformat(ours[0]["start"]), zone, want, today)
+        _check_slot(datetime.fromisoformat(ours[0]["start"]), zone, want, outcome.days)
 
     async def confirmation() -> set[str]:
         return await _texts(http, mesh, want) - texts_before

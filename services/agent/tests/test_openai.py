@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -28,7 +28,7 @@ from voicemesh.agent.testing import SimulatedCaller
 from voicemesh.common import streams, subjects
 from voicemesh.common.embedded import free_port
 from voicemesh.common.events import CallConnected, ToolEvent
-from voicemesh.common.testing import ProcessTracker, ServiceProcess, wait_until
+from voicemesh.common.testing import LocalDays, ProcessTracker, ServiceProcess, wait_until
 
 TENANT = "demo-salon"
 NEW_YORK = ZoneInfo("America/New_York")
@@ -177,6 +177,7 @@ async def test_a_spoken_booking_lands_in_the_real_calendar(
 ) -> None:
     await calendar.wait_healthy()
     agent: AgentService = await agent_for(provider)
+    days = LocalDays()
     caller = await _call(mesh.nats, f"call-{provider}")
     try:
         assert await caller.wait_for_agent_line(1, timeout=15) == GREETING
@@ -185,16 +186,17 @@ async def test_a_spoken_booking_lands_in_the_real_calendar(
         await wait_until(lambda: len(caller.agent_lines()) >= 2, 20)
         await wait_until(lambda: caller.first_audio_after(spoke_at) is not None, 5)
         confirmation = caller.agent_lines()[1]
-        tomorrow = datetime.now(NEW_YORK).date() + timedelta(days=1)
-        assert confirmation.startswith("You're all set for ")
-        assert f"{tomorrow:%A, %B} {tomorrow.day} at 3 PM" in confirmation
-        # The caller's words came back from the provider's transcription.
-        assert caller.caller_lines() == [BOOKING]
         # The appointment row exists, at 3 PM New York time tomorrow.
-        rows = await appointments(calendar, tomorrow)
+        tomorrows = days.tomorrows(NEW_YORK)
+        rows = [row for day in tomorrows for row in await appointments(calendar, day)]
         assert len(rows) == 1, rows
         start = datetime.fromisoformat(rows[0]["start"]).astimezone(NEW_YORK)
-        assert (start.date(), start.hour, start.minute) == (tomorrow, 15, 0)
+        assert start.date() in tomorrows and (start.hour, start.minute) == (15, 0)
+        # The agent said so.
+        assert confirmation.startswith("You're all set for ")
+        assert f"{start:%A, %B} {start.day} at 3 PM" in confirmation
+        # The caller's words came back from the provider's transcription.
+        assert caller.caller_lines() == [BOOKING]
         assert rows[0]["name"] == "Mary Jones" and rows[0]["status"] == "booked"
         # The agent's audio is the provider's voice (24 kHz), and both paths were used.
         assert {a.sample_rate for a in caller.audio} == {24000}

@@ -81,8 +81,13 @@ async def start_calendar(
 ZONE = ZoneInfo("America/New_York")
 
 
+# The days these tests book are fixed when the module loads, half a day on: a run that crosses
+# midnight in New York still books the same (future) days it started with.
+BASE_DAY = (datetime.now(ZONE) + timedelta(hours=12)).date()
+
+
 def slot(days_ahead: int = 1, hour: int = 10, minute: int = 0) -> datetime:
-    day = datetime.now(ZONE).date() + timedelta(days=days_ahead)
+    day = BASE_DAY + timedelta(days=days_ahead)
     return datetime.combine(day, time(hour, minute), tzinfo=ZONE).astimezone(UTC)
 
 
@@ -147,7 +152,7 @@ async def test_availability_cancel_reschedule_and_bad_input(
     events = await nats.jetstream().subscribe(
         subjects.event(cal.tenant, "appointment"), stream="EVENTS"
     )
-    day = (datetime.now(ZONE) + timedelta(days=1)).date()
+    day = BASE_DAY + timedelta(days=1)
     before = await cal.tools.call(cal.tenant, "calendar", "availability", {"day": day.isoformat()})
     assert before.ok, before.error
     free = AvailabilityResult.model_validate(before.result)

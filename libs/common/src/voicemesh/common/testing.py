@@ -33,6 +33,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta, tzinfo
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,7 @@ from voicemesh.common.events import DeadLetter
 
 __all__ = [
     "CollectedSpan",
+    "LocalDays",
     "OtlpReceiver",
     "ProcessTracker",
     "ServiceProcess",
@@ -95,6 +97,31 @@ async def dead_letters(nc: NatsClient, tenant: str) -> list[DeadLetter]:
 
     await nc.subscribe(subjects.dead_letter(tenant), cb=collect)
     return letters
+
+
+class LocalDays:
+    """The local dates, in any time zone, that a test has run across since it began.
+
+    A call made a minute before midnight books "tomorrow" as the day after the date it
+    began; a test that works "tomorrow" out once the call is over is a day late. Take a
+    ``LocalDays`` before the call and check against every date it has seen.
+    """
+
+    def __init__(self) -> None:
+        self.began = datetime.now(UTC)
+
+    def first(self, zone: tzinfo) -> date:
+        return self.began.astimezone(zone).date()
+
+    def seen(self, zone: tzinfo) -> list[date]:
+        """Every date in ``zone`` from the test's start to now, in order."""
+        first = self.first(zone)
+        span = (datetime.now(zone).date() - first).days
+        return [first + timedelta(days=i) for i in range(span + 1)]
+
+    def tomorrows(self, zone: tzinfo) -> list[date]:
+        """What "tomorrow" meant in ``zone`` at some moment since the test began."""
+        return [day + timedelta(days=1) for day in self.seen(zone)]
 
 
 # --- OTLP receiver -----------------------------------------------------------------------------
