@@ -222,7 +222,7 @@ async def test_stopping_answers_the_calls_in_flight(harness: Harness) -> None:
     call = asyncio.create_task(
         harness.client.call(harness.tenant, "echo", "echo", {"text": "late", "delay_s": 0.3})
     )
-    await asyncio.sleep(0.1)  # let the request reach the handler
+    await wait_until(lambda: harness.server.in_flight == 1, 5, what="the call in the handler")
     await harness.service.stop()
     result = await call
     assert result.ok, result.error

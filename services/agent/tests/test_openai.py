@@ -8,6 +8,8 @@ over NATS. The booking is read back through the calendar's HTTP API.
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -76,15 +78,25 @@ class Mesh:
 
 
 @pytest.fixture
-async def mesh(nats: NatsClient, nats_url: str, processes: ProcessTracker, tmp_path: Path) -> Mesh:
-    """NATS with the streams, the simulator, and a quick salon profile for the agent."""
+async def mesh(
+    request: pytest.FixtureRequest,
+    nats: NatsClient,
+    nats_url: str,
+    processes: ProcessTracker,
+    tmp_path: Path,
+) -> Mesh:
+    """NATS with the streams, the simulator, and a quick salon profile for the agent.
+
+    Parametrised indirectly, the value is the simulator's ``--voice-speed``: 1.0 has the
+    Realtime model produce its voice in real time, as a live model does."""
     await streams.apply(nats.jetstream())
     phrases = tmp_path / "phrases.txt"
     phrases.write_text(f"{BOOKING}\n{HELLO}\n")
     port = free_port()
     argv = [sys.executable, "-m", "voicemesh.openaisim", "--port", str(port)]
+    speed = str(getattr(request, "param", 0.0))
     sim = processes.command(
-        [*argv, "--api-key", OPENAI_KEY, "--phrases", str(phrases)],
+        [*argv, "--api-key", OPENAI_KEY, "--phrases", str(phrases), "--voice-speed", speed],
         {},
         name="openaisim",
     )
@@ -263,6 +275,67 @@ async def test_speaking_over_the_agent_leaves_only_what_was_heard_in_the_history
         assert heard and LONG_GREETING.startswith(heard), heard
         assert len(heard) < len(LONG_GREETING) / 2, heard
         assert agent.runtime.sessions[f"cut-{provider}"].interrupts == 1
+    finally:
+        await caller.stop()
+
+
+@pytest.mark.parametrize("mesh", [1.0], indirect=True)
+async def test_the_realtime_voice_plays_while_the_model_is_still_speaking(
+    mesh: Mesh, agent_for: AgentFactory
+) -> None:
+    await agent_for("openai-realtime")
+    caller = await _call(mesh.nats, "live-voice")
+    try:
+        assert await caller.wait_for_agent_line(1, timeout=15) == GREETING
+        spoke_at = await caller.say(HELLO)
+        reply = await caller.wait_for_agent_line(2, timeout=20)
+        assert reply == f"I heard: {HELLO}. How can I help you today?"
+        # The model took as long to speak the reply as it lasts; the caller heard it begin
+        # long before it was done.
+        first = caller.first_audio_after(spoke_at)
+        assert first is not None
+        voice_s = sum(
+            len(a.pcm) / 2 / a.sample_rate for a in caller.audio if a.received_at > spoke_at
+        )
+        assert voice_s > 2.5, voice_s
+        assert first - spoke_at < 1.5, first - spoke_at
+        # And it came through without a break.
+        arrivals = [a.received_at for a in caller.audio if a.received_at >= first]
+        gaps = [b - a for a, b in itertools.pairwise(arrivals)]
+        assert max(gaps) < 0.25, max(gaps)
+        stats = await mesh.sim_stats()
+        assert stats["realtime:response.create"] == 2 and "realtime:response.cancel" not in stats
+    finally:
+        await caller.stop()
+
+
+@pytest.mark.parametrize("mesh", [1.0], indirect=True)
+async def test_speaking_over_a_streaming_reply_cancels_it_and_truncates_what_was_unheard(
+    mesh: Mesh, agent_for: AgentFactory
+) -> None:
+    agent: AgentService = await agent_for("openai-realtime")
+    caller = await _call(mesh.nats, "live-cut")
+    try:
+        assert await caller.wait_for_agent_line(1, timeout=15) == GREETING
+        spoke_at = await caller.say(HELLO)
+        await wait_until(lambda: caller.first_audio_after(spoke_at), 10, what="the reply")
+        await asyncio.sleep(1.0)  # a second into "I heard: hello are you there. How can..."
+        await caller.say(HELLO)  # over it
+        await wait_until(lambda: any(c.command.value == "interrupt" for c in caller.controls), 5)
+        await caller.wait_for_agent_line(3, timeout=20)
+        # The model stopped speaking, and what it had not said is gone from its history.
+        stats = await mesh.sim_stats()
+        assert stats.get("realtime:response.cancel") == 1, stats
+        cuts = await mesh.truncations()
+        assert len(cuts) == 1, cuts
+        assert 300 <= cuts[0]["audio_end_ms"] <= 2500, cuts
+        heard = cuts[0]["text"]
+        assert heard and f"I heard: {HELLO}.".startswith(heard), heard
+        # The transcript has what was produced of the cut reply, then the next answer.
+        cut_line, next_line = caller.agent_lines()[1:3]
+        assert cut_line and f"I heard: {HELLO}.".startswith(cut_line.rstrip(".")), cut_line
+        assert next_line.startswith("I heard"), next_line
+        assert agent.runtime.sessions["live-cut"].interrupts == 1
     finally:
         await caller.stop()
 

@@ -733,6 +733,11 @@ class ToolServer:
     def tools(self) -> list[str]:
         return sorted(self._handlers)
 
+    @property
+    def in_flight(self) -> int:
+        """Calls being served right now."""
+        return len(self._in_flight)
+
     async def start(self) -> None:
         if self._subscription is not None:
             return

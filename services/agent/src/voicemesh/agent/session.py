@@ -15,7 +15,7 @@ import contextlib
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 from nats.aio.client import Client as NatsClient
@@ -311,22 +311,38 @@ class CallSession:
         if reply.handoff:
             await self._publish_handoff(reply.handoff)
         started = time.monotonic()
-        pcm, rate = await self._synthesize(reply.text)
-        timing.tts_ms = (time.monotonic() - started) * 1000
-        await self._publish_segment(Speaker.AGENT, reply.text, self._now())
-        playback = self._playback = asyncio.create_task(self._play(pcm, rate, timing))
-        started = time.monotonic()
+        if reply.speech is None:
+            pcm, rate = await self._synthesize(reply.text)
+            timing.tts_ms = (time.monotonic() - started) * 1000
+            await self._publish_segment(Speaker.AGENT, reply.text, self._now())
+            voice: AsyncIterator[bytes] = _whole(pcm)
+        else:
+            # Streamed: played as the provider speaks; its line is known once it has.
+            voice, rate, said_at = reply.speech, reply.speech_rate, self._now()
+        played = _Played()
+        playback = self._playback = asyncio.create_task(self._play(voice, rate, timing, played))
         await asyncio.wait({playback})
         self._playback = None
+        failure = None if playback.cancelled() else playback.exception()
+        if reply.speech is not None:
+            if played.first_chunk_at:
+                timing.tts_ms = (played.first_chunk_at - started) * 1000
+            if reply.text:
+                await self._publish_segment(Speaker.AGENT, reply.text, said_at)
         if playback.cancelled() and isinstance(self._conversation, HearsInterruptions):
             # Barged in on: the conversation must not assume the caller heard it all.
-            total_s = len(pcm) / 2 / rate
-            played_s = min(time.monotonic() - started, total_s)
+            total_s = played.received / 2 / rate
+            played_s = min(played.seconds(), total_s)
             heard = heard_part(reply.text, played_s / total_s if total_s else 1.0)
             try:
                 await self._conversation.interrupted(reply.text, heard, round(played_s * 1000))
             except Exception as exc:  # the caller's turn matters more than the history
                 log.warning("could not record the interruption (%s)", type(exc).__name__)
+        if failure is not None:
+            log.warning("the agent's voice failed mid-reply (%s)", type(failure).__name__)
+            if reply.speech is not None:  # the provider broke off: apologise, never silence
+                await self._say(self._apology(), TurnTiming())
+                return
         if reply.hangup:
             await self._hang_up()
 
@@ -341,30 +357,53 @@ class CallSession:
             log.warning("speech synthesis failed (%s); using the offline voice", type(exc).__name__)
             return await self._fallback.synthesize(text), self._fallback.sample_rate
 
-    async def _play(self, pcm: bytes, rate: int, timing: TurnTiming) -> None:
+    async def _play(
+        self, voice: AsyncIterator[bytes], rate: int, timing: TurnTiming, played: _Played
+    ) -> None:
+        """Send ``voice`` as 20 ms ``audio.out`` frames paced in real time (a little ahead),
+        as it arrives; a voice slower than real time restarts the clock, never bursts."""
         subject = subjects.audio_out(self._tenant, self.call_id)
         step = rate // 50 * 2
-        if len(pcm) % step:
-            pcm += bytes(step - len(pcm) % step)
+        pending = bytearray()
         self._state.speaking = True
+        t0, index = time.monotonic(), 0
+
+        async def send(pcm: bytes) -> None:
+            nonlocal t0, index
+            now = time.monotonic()
+            if t0 + index * FRAME_S < now - FRAME_S:  # the voice fell behind: start afresh
+                t0 = now - index * FRAME_S
+            delay = t0 + index * FRAME_S - PLAYBACK_LEAD_S - now
+            if delay > 0:
+                await asyncio.sleep(delay)
+            frame = AudioFrame.now(self._seq, pcm, rate)
+            self._seq += 1
+            await self._nc.publish(subject, encode_frame(frame))
+            if played.frames == 0:
+                timing.first_frame_at = played.first_frame_at = time.monotonic()
+            index += 1
+            played.frames += 1
+
         try:
-            t0 = time.monotonic()
-            for index, offset in enumerate(range(0, len(pcm), step)):
-                delay = t0 + index * FRAME_S - PLAYBACK_LEAD_S - time.monotonic()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                frame = AudioFrame.now(self._seq, pcm[offset : offset + step], rate)
-                self._seq += 1
-                await self._nc.publish(subject, encode_frame(frame))
-                if index == 0:
-                    timing.first_frame_at = time.monotonic()
+            async for chunk in voice:
+                if not played.first_chunk_at:
+                    played.first_chunk_at = time.monotonic()
+                played.received += len(chunk)
+                pending += chunk
+                while len(pending) >= step:
+                    await send(bytes(pending[:step]))
+                    del pending[:step]
+            if pending:
+                await send(bytes(pending) + bytes(step - len(pending)))
             # Stay "speaking" until the last frame has been heard, not merely sent.
-            remaining = t0 + len(pcm) / step * FRAME_S - time.monotonic()
+            remaining = t0 + index * FRAME_S - time.monotonic()
             if remaining > 0:
                 await asyncio.sleep(remaining)
         finally:
             self._state.speaking = False
             self._state.last_activity = time.monotonic()
+            if isinstance(voice, AsyncGenerator):
+                await voice.aclose()  # a barge-in: the provider stops speaking
 
     async def _interrupt(self) -> None:
         playback = self._playback
@@ -446,6 +485,26 @@ class CallSession:
             await self._events.publish(event, subjects.event(self._tenant, "handoff"))
         except Exception as exc:
             log.warning("could not publish the hand-off: %s", type(exc).__name__)
+
+
+@dataclass
+class _Played:
+    """How far the playback of one reply got."""
+
+    received: int = 0  # bytes of voice received
+    frames: int = 0  # 20 ms frames sent
+    first_chunk_at: float = 0.0
+    first_frame_at: float = 0.0
+
+    def seconds(self) -> float:
+        """About how much the caller has heard: frames sent, but not ahead of the clock."""
+        if not self.first_frame_at:
+            return 0.0
+        return min(self.frames * FRAME_S, time.monotonic() - self.first_frame_at)
+
+
+async def _whole(pcm: bytes) -> AsyncIterator[bytes]:
+    yield pcm
 
 
 def heard_part(text: str, fraction: float) -> str:

@@ -110,7 +110,10 @@ class SimulatedCaller:
         segment = TranscriptSegment.model_validate_json(msg.data)
         self.segments.append(segment)
         if segment.speaker.value == "agent":
-            self._agent_line_at.append(time.monotonic())
+            # A line is published as its audio starts, or, streamed, once it has been
+            # spoken: then its segment spans the time it took to say.
+            spoken_s = segment.end_s - segment.start_s
+            self._agent_line_at.append(time.monotonic() - spoken_s)
 
     async def _send_loop(self) -> None:
         subject = subjects.audio_in(self.tenant, self.call_id)
@@ -164,9 +167,9 @@ class SimulatedCaller:
     async def wait_for_agent_line(self, count: int, timeout: float = 15.0) -> str:
         """Wait until the agent has said ``count`` lines and finished speaking the last.
 
-        The agent publishes a line's segment just before its audio, so this waits for audio
-        that arrived after the segment, then for a pause in it: a caller who answered at
-        the first hiccup of a busy agent's audio would talk over the rest of the line.
+        The agent publishes a line's segment as its audio starts (a streamed line, once
+        spoken), so this waits for audio from then on, then for a pause in it: a caller who
+        answered at the first hiccup of a busy agent's audio would talk over the rest.
         """
         deadline = time.monotonic() + timeout
         while len(self._agent_line_at) < count:

@@ -29,7 +29,16 @@ def main(argv: list[str] | None = None) -> None:
         help="a file of expected utterances, one a line: transcription then recognises "
         "exactly these sentences (default: pocketsphinx's general English model)",
     )
+    parser.add_argument(
+        "--voice-speed",
+        type=float,
+        default=0.0,
+        help="produce Realtime audio at this multiple of real time, as a live model does "
+        "(default 0: each response's audio at once)",
+    )
     args = parser.parse_args(argv)
+    if args.voice_speed < 0:
+        parser.error("--voice-speed must be 0 or more")
     keys = args.api_key or [
         k.strip() for k in os.environ.get("OPENAISIM_API_KEYS", DEFAULT_KEY).split(",") if k.strip()
     ]
@@ -37,7 +46,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.phrases is not None:
         lines = args.phrases.read_text(encoding="utf-8").splitlines()
         phrases = [line.strip() for line in lines if line.strip()]
-    app = create_app(keys, phrases)
+    app = create_app(keys, phrases, voice_speed=args.voice_speed)
     uvicorn.run(app, host=args.host, port=args.port, ws="websockets-sansio", log_level="warning")
 
 

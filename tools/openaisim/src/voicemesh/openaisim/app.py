@@ -55,6 +55,9 @@ class SimState:
     last_chat: list[Any] = field(default_factory=list)
     #: every Realtime ``conversation.item.truncate`` done: item id, audio_end_ms, text kept
     truncations: list[dict[str, Any]] = field(default_factory=list)
+    #: how fast Realtime audio is produced, in multiples of real time: 0 sends a response's
+    #: audio at once, 1.0 spaces its 100 ms deltas 100 ms apart, as a model speaking live
+    voice_speed: float = 0.0
 
     def authorized(self, header: str | None) -> bool:
         scheme, _, key = (header or "").partition(" ")
@@ -331,7 +334,9 @@ async def truncations(request: Request) -> Response:
     return JSONResponse({"truncations": state.truncations})
 
 
-def create_app(api_keys: list[str], phrases: list[str] | None = None) -> Starlette:
+def create_app(
+    api_keys: list[str], phrases: list[str] | None = None, *, voice_speed: float = 0.0
+) -> Starlette:
     from voicemesh.openaisim.realtime import realtime_endpoint
 
     app = Starlette(
@@ -346,5 +351,5 @@ def create_app(api_keys: list[str], phrases: list[str] | None = None) -> Starlet
             WebSocketRoute("/v1/realtime", realtime_endpoint),
         ]
     )
-    app.state.sim = SimState(frozenset(api_keys), Recognizer(phrases))
+    app.state.sim = SimState(frozenset(api_keys), Recognizer(phrases), voice_speed=voice_speed)
     return app

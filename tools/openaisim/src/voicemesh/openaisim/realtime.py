@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -56,6 +57,9 @@ class RealtimeSession:
     session: dict[str, Any] = field(default_factory=dict)
     buffer: bytearray = field(default_factory=bytearray)
     items: list[_Item] = field(default_factory=list)
+    response: asyncio.Task[None] | None = None  # the response being produced, if any
+    cancelled: asyncio.Event = field(default_factory=asyncio.Event)
+    sending: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     async def run(self) -> None:
         self.session = {
@@ -72,6 +76,13 @@ class RealtimeSession:
             },
         }
         await self.send("session.created", session=self.session)
+        try:
+            await self._serve()
+        finally:
+            if self.response is not None:
+                self.response.cancel()
+
+    async def _serve(self) -> None:
         while True:
             raw = await self.ws.receive_text()
             event_id = None
@@ -88,12 +99,14 @@ class RealtimeSession:
                 await self.send("error", **error)
 
     async def send(self, kind: str, **fields: Any) -> None:
-        await self.ws.send_text(
-            json.dumps({"type": kind, "event_id": self.sim.new_id("event"), **fields})
-        )
+        async with self.sending:  # the response task and the reader both send
+            await self.ws.send_text(
+                json.dumps({"type": kind, "event_id": self.sim.new_id("event"), **fields})
+            )
 
     async def handle(self, event: dict[str, Any]) -> None:
         kind = event["type"]
+        event_id = event.get("event_id")
         self.sim.counts[f"realtime:{kind}"] += 1
         if kind == "session.update":
             update = event.get("session")
@@ -118,11 +131,17 @@ class RealtimeSession:
             options = event.get("response") or {}
             if not isinstance(options, dict):
                 raise BadRequest("response must be an object", "response")
-            await self._respond(options)
+            if self.response is not None and not self.response.done():
+                raise BadRequest("Conversation already has an active response", "response")
+            # Produced alongside the reading of further events, as the API does: a
+            # ``response.cancel`` can stop it part way.
+            self.cancelled.clear()
+            self.response = asyncio.create_task(self._respond_reporting(options, event_id))
         elif kind == "conversation.item.truncate":
             await self._truncate(event)
         elif kind == "response.cancel":
-            return  # responses are sent whole: there is never one left to cancel
+            if self.response is not None and not self.response.done():
+                self.cancelled.set()
         else:
             raise BadRequest(f"unknown event type {kind!r}", "type")
 
@@ -213,6 +232,16 @@ class RealtimeSession:
                 messages.append(Message(item.role, item.text))
         return messages
 
+    async def _respond_reporting(self, options: dict[str, Any], event_id: Any) -> None:
+        try:
+            await self._respond(options)
+        except BadRequest as exc:
+            error = error_body(str(exc), "invalid_request_error", "invalid_value", exc.param)
+            error["error"]["event_id"] = event_id
+            await self.send("error", **error)
+        except WebSocketDisconnect:
+            return
+
     async def _respond(self, options: dict[str, Any]) -> None:
         instructions = str(options.get("instructions") or "")
         in_conversation = options.get("conversation", "auto") != "none"
@@ -279,11 +308,20 @@ class RealtimeSession:
             pcm = await asyncio.to_thread(self.sim.voice.speak, text, RATE)
             words = text.split(" ")
             chunks = [pcm[i : i + DELTA_BYTES] for i in range(0, len(pcm), DELTA_BYTES)] or [b""]
+            loop = asyncio.get_running_loop()
+            began, sent, spoken = loop.time(), 0, []
             for index, chunk in enumerate(chunks):
+                if self.sim.voice_speed > 0:
+                    due = began + index * DELTA_BYTES / 2 / RATE / self.sim.voice_speed
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self.cancelled.wait(), due - loop.time())
+                if self.cancelled.is_set():
+                    break
                 share = words[
                     index * len(words) // len(chunks) : (index + 1) * len(words) // len(chunks)
                 ]
                 if share:
+                    spoken += share
                     await self.send(
                         "response.output_audio_transcript.delta",
                         delta=" ".join(share) + " ",
@@ -292,6 +330,11 @@ class RealtimeSession:
                 await self.send(
                     "response.output_audio.delta", delta=base64.b64encode(chunk).decode(), **part
                 )
+                sent += len(chunk)
+            if self.cancelled.is_set():  # the item keeps what was produced before the cancel
+                pcm, text = pcm[:sent], " ".join(spoken)
+                item["content"] = [{"type": "output_audio", "transcript": text}]
+                item["status"] = "incomplete"
             await self.send("response.output_audio.done", **part)
             await self.send("response.output_audio_transcript.done", transcript=text, **part)
             await self.send(
@@ -303,7 +346,8 @@ class RealtimeSession:
                 self.items.append(
                     _Item(item["id"], "message", "assistant", text, audio_ms=audio_ms)
                 )
-        response.update(status="completed", output=[item])
+        status = "cancelled" if self.cancelled.is_set() else "completed"
+        response.update(status=status, output=[item])
         await self.send("response.done", response=response)
 
 

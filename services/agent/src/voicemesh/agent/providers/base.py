@@ -8,7 +8,7 @@ Speech-to-speech providers (OpenAI Realtime) implement ``RealtimeProvider`` inst
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import AsyncGenerator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
@@ -38,7 +38,7 @@ class ProviderError(Exception):
     """A provider could not do its part (network, bad answer, timeout)."""
 
 
-@dataclass(frozen=True)
+@dataclass
 class Reply:
     """What the agent says next, and whether the call ends or goes to a person after it."""
 
@@ -46,6 +46,12 @@ class Reply:
     hangup: bool = False
     handoff: str | None = None
     intent: str | None = None
+    #: The reply's voice as the provider produces it (s16le mono at ``speech_rate``), for a
+    #: provider that speaks while it thinks: played as it arrives. ``text``, ``hangup`` and
+    #: ``intent`` are final once it is exhausted; closing it early (the caller spoke over
+    #: it) stops the provider. ``None``: the session synthesizes ``text``.
+    speech: AsyncGenerator[bytes, None] | None = None
+    speech_rate: int = 0
 
 
 class CallTools:

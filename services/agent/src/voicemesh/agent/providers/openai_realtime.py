@@ -19,7 +19,7 @@ import asyncio
 import base64
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -44,12 +44,21 @@ _CLOSED = object()
 
 @dataclass
 class _Response:
-    """What one ``response.create`` produced."""
+    """What one ``response.create`` produced (so far, while it streams)."""
 
     audio: bytearray = field(default_factory=bytearray)
     transcript: str = ""
+    parts: list[str] = field(default_factory=list)  # transcript deltas until it is done
     calls: list[tuple[str, str, str]] = field(default_factory=list)  # (call_id, name, args)
     message_id: str | None = None  # the conversation item of the spoken message
+
+    @property
+    def text(self) -> str:
+        return (self.transcript or "".join(self.parts)).strip()
+
+    @property
+    def audio_ms(self) -> int:
+        return len(self.audio) * 1000 // (2 * RATE)
 
 
 class RealtimeLink:
@@ -154,7 +163,10 @@ class RealtimeLink:
                     self._transcripts.put_nowait("")
                 elif kind == "error":
                     error = getattr(event, "error", None)
-                    log.warning("realtime error event: %s", getattr(error, "code", None))
+                    code = getattr(error, "code", None)
+                    if code == "response_cancel_not_active":
+                        continue  # a barge-in's cancel that came after the response ended
+                    log.warning("realtime error event: %s", code)
                     self._events.put_nowait(event)
                     if self._awaiting_transcript:  # most likely the commit was refused
                         self._transcripts.put_nowait("")
@@ -225,41 +237,68 @@ class RealtimeLink:
     # -- responses -----------------------------------------------------------------------------
 
     async def respond(self, **options: Any) -> _Response:
+        """Ask for a response and wait for all of it."""
+        result = _Response()
+        async for _chunk in self.stream(result, **options):
+            pass
+        return result
+
+    async def stream(self, result: _Response, **options: Any) -> AsyncGenerator[bytes, None]:
+        """Ask for a response and yield its audio as the model speaks it, filling ``result``.
+
+        Closed early (the caller spoke over it), the response is cancelled and its end read,
+        so the next response starts clean.
+        """
         async with self._response_lock:
             while not self._events.empty():
                 if self._events.get_nowait() is _CLOSED:
                     raise ProviderError(f"realtime connection is down ({self.failure})")
             await self._send({"type": "response.create", "response": options})
-            result = _Response()
-            parts: list[str] = []
-            while True:
-                try:
-                    event = await asyncio.wait_for(self._events.get(), self._timeout)
-                except TimeoutError as exc:
-                    raise ProviderError("realtime response timed out") from exc
-                if event is _CLOSED:
-                    raise ProviderError(f"realtime connection is down ({self.failure})")
-                kind = event.type
-                if kind == "response.output_item.added":
-                    if getattr(event.item, "type", None) == "message":
-                        result.message_id = getattr(event.item, "id", None)
-                elif kind == "response.output_audio.delta":
-                    result.audio += base64.b64decode(event.delta)
-                elif kind == "response.output_audio_transcript.delta":
-                    parts.append(event.delta)
-                elif kind == "response.output_audio_transcript.done":
-                    result.transcript = str(event.transcript)
-                elif kind == "response.function_call_arguments.done":
-                    result.calls.append((event.call_id, event.name, event.arguments))
-                elif kind == "error":
-                    raise ProviderError(f"realtime error: {getattr(event.error, 'code', None)}")
-                elif kind == "response.done":
-                    status = getattr(event.response, "status", None)
-                    if status in {"failed", "cancelled"}:
-                        raise ProviderError(f"realtime response {status}")
-                    break
-            result.transcript = (result.transcript or "".join(parts)).strip()
-            return result
+            done = False
+            try:
+                while not done:
+                    event = await self._next_event()
+                    kind = event.type
+                    if kind == "response.output_item.added":
+                        if getattr(event.item, "type", None) == "message":
+                            result.message_id = getattr(event.item, "id", None)
+                    elif kind == "response.output_audio.delta":
+                        chunk = base64.b64decode(event.delta)
+                        result.audio += chunk
+                        yield chunk
+                    elif kind == "response.output_audio_transcript.delta":
+                        result.parts.append(event.delta)
+                    elif kind == "response.output_audio_transcript.done":
+                        result.transcript = str(event.transcript)
+                    elif kind == "response.function_call_arguments.done":
+                        result.calls.append((event.call_id, event.name, event.arguments))
+                    elif kind == "error":
+                        code = getattr(event.error, "code", None)
+                        raise ProviderError(f"realtime error: {code}")
+                    elif kind == "response.done":
+                        done = True
+                        status = getattr(event.response, "status", None)
+                        if status in {"failed", "cancelled"}:
+                            raise ProviderError(f"realtime response {status}")
+            finally:
+                if not done:
+                    await self._cancel_response()
+
+    async def _next_event(self) -> Any:
+        try:
+            event = await asyncio.wait_for(self._events.get(), self._timeout)
+        except TimeoutError as exc:
+            raise ProviderError("realtime response timed out") from exc
+        if event is _CLOSED:
+            raise ProviderError(f"realtime connection is down ({self.failure})")
+        return event
+
+    async def _cancel_response(self) -> None:
+        """Stop the response in progress and read up to its end (bounded)."""
+        with contextlib.suppress(ProviderError):
+            await self._send({"type": "response.cancel"})
+            while getattr(await self._next_event(), "type", None) != "response.done":
+                pass
 
     async def say(self, text: str) -> bytes:
         """``text`` spoken by the model, out of band (not added to the conversation)."""
@@ -317,6 +356,9 @@ class RealtimeConversation:
         self._link = link
         self._profile = link.context.profile
         self._items: dict[str, str] = {}  # what the agent said -> its conversation item
+        # The message item a streamed reply is speaking: (item id, where in the reply its
+        # audio starts in ms, its audio so far), for truncating it at a barge-in.
+        self._playing: tuple[str, int, _Response] | None = None
 
     async def greeting(self) -> Reply:
         text = self._link.toolbox.greeting()
@@ -332,39 +374,84 @@ class RealtimeConversation:
 
     async def interrupted(self, said: str, heard: str, played_ms: int) -> None:
         """Truncate the item the caller spoke over at what was played of it."""
+        if self._link.failure is not None:
+            return
         item = self._items.get(said)
-        if item is not None and self._link.failure is None:
+        if item is not None:
             await self._link.truncate(item, played_ms)
+        elif self._playing is not None:
+            item, offset_ms, result = self._playing
+            await self._link.truncate(item, max(0, min(played_ms - offset_ms, result.audio_ms)))
 
     async def respond(self, text: str) -> Reply:
+        """Answer the committed turn; once the model starts speaking the reply streams.
+
+        Function calls run as NATS tools first. When audio begins, the reply comes back at
+        once with ``speech`` streaming the rest of the turn (a spoken step that also called
+        tools carries on into the next response). A turn that never speaks (a hang-up
+        straight after tools, an empty answer) is a plain reply, voiced by ``say``.
+        """
         link = self._link
         if link.failure is not None:
             raise ProviderError(f"realtime connection is down ({link.failure})")
         # The caller's audio is already in the conversation (committed); just answer it.
-        audio, words, intent = bytearray(), [], None
+        reply = Reply("")
+        self._playing = None
+        turn = self._turn(reply)
+        try:
+            first = await anext(turn)
+        except StopAsyncIteration:
+            return reply
+        reply.speech, reply.speech_rate = _starting_with(first, turn), RATE
+        return reply
+
+    async def _turn(self, reply: Reply) -> AsyncGenerator[bytes, None]:
+        link, spoken_ms = self._link, 0
+        words: list[str] = []
         for _ in range(MAX_TOOL_STEPS):
-            result = await link.respond()
-            audio += result.audio
-            if result.transcript:
-                words.append(result.transcript)
+            result = _Response()
+            async for chunk in link.stream(result):
+                if result.message_id is not None:
+                    self._playing = (result.message_id, spoken_ms, result)
+                reply.text = " ".join([*words, result.text])
+                yield chunk
+            if result.text:
+                words.append(result.text)
+            reply.text = " ".join(words)
+            spoken_ms += result.audio_ms
             if not result.calls:
-                spoken = " ".join(words) or self._profile.messages.didnt_catch
-                if audio:
-                    link.spoken[spoken] = bytes(audio)
-                if len(audio) == len(result.audio):  # one item spoke all of it
-                    self._remember(spoken, result)
-                return Reply(spoken, intent=intent)
+                reply.text = reply.text or self._profile.messages.didnt_catch
+                return
             hangup, farewell = False, None
             for call_id, name, arguments in result.calls:
                 outcome = await link.toolbox.execute(name, arguments)
                 await link.function_output(call_id, outcome.output)
-                intent = intent or (name if name != END_CALL else None)
+                reply.intent = reply.intent or (name if name != END_CALL else None)
                 if outcome.hangup:
                     hangup, farewell = True, outcome.farewell
             if hangup:
                 goodbye = farewell or self._profile.messages.goodbye
-                return Reply(goodbye, hangup=True, intent=intent or "goodbye")
+                reply.hangup, reply.intent = True, reply.intent or "goodbye"
+                if spoken_ms:  # already speaking: say goodbye in the same stream
+                    audio = await link.say(goodbye)
+                    reply.text = " ".join([*words, goodbye])
+                    yield audio
+                else:
+                    reply.text = goodbye
+                return
         raise ProviderError("the model kept calling tools")
+
+
+async def _starting_with(
+    first: bytes, rest: AsyncGenerator[bytes, None]
+) -> AsyncGenerator[bytes, None]:
+    """``first``, then ``rest``; closing this closes ``rest`` (cancelling its response)."""
+    try:
+        yield first
+        async for chunk in rest:
+            yield chunk
+    finally:
+        await rest.aclose()
 
 
 class RealtimeVoice:
