@@ -194,7 +194,7 @@ async def test_a_spoken_booking_lands_in_the_real_calendar(
     try:
         assert await caller.wait_for_agent_line(1, timeout=15) == GREETING
         spoke_at = await caller.say(BOOKING)
-        # The agent's line is published as its audio starts: no need to hear it all.
+        # The agent's line is published once the model has produced it.
         await wait_until(lambda: len(caller.agent_lines()) >= 2, 20)
         await wait_until(lambda: caller.first_audio_after(spoke_at) is not None, 5)
         confirmation = caller.agent_lines()[1]
@@ -214,7 +214,8 @@ async def test_a_spoken_booking_lands_in_the_real_calendar(
         assert {a.sample_rate for a in caller.audio} == {24000}
         stats = await mesh.sim_stats()
         if provider == "openai":
-            assert stats["chat"] == 2 and stats["transcriptions"] == 1 and stats["speech"] == 2
+            # The greeting, then the confirmation's two sentences voiced one by one.
+            assert stats["chat"] == 2 and stats["transcriptions"] == 1 and stats["speech"] == 3
         else:
             assert stats["realtime"] == 1 and stats["realtime:response.create"] == 3
             assert stats["realtime:conversation.item.create"] == 1  # the function output
@@ -279,42 +280,52 @@ async def test_speaking_over_the_agent_leaves_only_what_was_heard_in_the_history
         await caller.stop()
 
 
-@pytest.mark.parametrize("mesh", [1.0], indirect=True)
-async def test_the_realtime_voice_plays_while_the_model_is_still_speaking(
-    mesh: Mesh, agent_for: AgentFactory
+@pytest.mark.parametrize("mesh", [1.0], indirect=True)  # voices take as long as they last
+@pytest.mark.parametrize("provider", ["openai", "openai-realtime"])
+async def test_a_reply_plays_while_the_model_is_still_producing_it(
+    mesh: Mesh, agent_for: AgentFactory, provider: str
 ) -> None:
-    await agent_for("openai-realtime")
-    caller = await _call(mesh.nats, "live-voice")
+    await agent_for(provider)
+    caller = await _call(mesh.nats, f"live-{provider}")
     try:
         assert await caller.wait_for_agent_line(1, timeout=15) == GREETING
         spoke_at = await caller.say(HELLO)
         reply = await caller.wait_for_agent_line(2, timeout=20)
         assert reply == f"I heard: {HELLO}. How can I help you today?"
-        # The model took as long to speak the reply as it lasts; the caller heard it begin
-        # long before it was done.
         first = caller.first_audio_after(spoke_at)
         assert first is not None
         voice_s = sum(
             len(a.pcm) / 2 / a.sample_rate for a in caller.audio if a.received_at > spoke_at
         )
         assert voice_s > 2.5, voice_s
-        assert first - spoke_at < 1.5, first - spoke_at
-        # And it came through without a break.
+        stats = await mesh.sim_stats()
+        if provider == "openai-realtime":
+            # The model speaks in real time: the caller heard it begin long before it was done.
+            assert first - spoke_at < 1.5, first - spoke_at
+            assert (
+                stats["realtime:response.create"] == 2 and "realtime:response.cancel" not in stats
+            )
+        else:
+            # Each sentence is voiced as it is written: the first plays before the second
+            # has been synthesized. Whole, its synthesis alone would take voice_s.
+            assert first - spoke_at < voice_s, (first - spoke_at, voice_s)
+            assert stats["chat"] == 1 and stats["speech"] == 3  # the greeting, two sentences
+        # And the reply came through without a break.
         arrivals = [a.received_at for a in caller.audio if a.received_at >= first]
         gaps = [b - a for a, b in itertools.pairwise(arrivals)]
         assert max(gaps) < 0.25, max(gaps)
-        stats = await mesh.sim_stats()
-        assert stats["realtime:response.create"] == 2 and "realtime:response.cancel" not in stats
     finally:
         await caller.stop()
 
 
 @pytest.mark.parametrize("mesh", [1.0], indirect=True)
-async def test_speaking_over_a_streaming_reply_cancels_it_and_truncates_what_was_unheard(
-    mesh: Mesh, agent_for: AgentFactory
+@pytest.mark.parametrize("provider", ["openai", "openai-realtime"])
+async def test_speaking_over_a_streaming_reply_stops_it_and_keeps_only_what_was_heard(
+    mesh: Mesh, agent_for: AgentFactory, provider: str
 ) -> None:
-    agent: AgentService = await agent_for("openai-realtime")
-    caller = await _call(mesh.nats, "live-cut")
+    agent: AgentService = await agent_for(provider)
+    caller = await _call(mesh.nats, f"live-cut-{provider}")
+    first_sentence = f"I heard: {HELLO}."
     try:
         assert await caller.wait_for_agent_line(1, timeout=15) == GREETING
         spoke_at = await caller.say(HELLO)
@@ -323,19 +334,26 @@ async def test_speaking_over_a_streaming_reply_cancels_it_and_truncates_what_was
         await caller.say(HELLO)  # over it
         await wait_until(lambda: any(c.command.value == "interrupt" for c in caller.controls), 5)
         await caller.wait_for_agent_line(3, timeout=20)
-        # The model stopped speaking, and what it had not said is gone from its history.
         stats = await mesh.sim_stats()
-        assert stats.get("realtime:response.cancel") == 1, stats
-        cuts = await mesh.truncations()
-        assert len(cuts) == 1, cuts
-        assert 300 <= cuts[0]["audio_end_ms"] <= 2500, cuts
-        heard = cuts[0]["text"]
-        assert heard and f"I heard: {HELLO}.".startswith(heard), heard
+        if provider == "openai-realtime":
+            # The model stopped speaking, and what it had not said is gone from its history.
+            assert stats.get("realtime:response.cancel") == 1, stats
+            cuts = await mesh.truncations()
+            assert len(cuts) == 1, cuts
+            assert 300 <= cuts[0]["audio_end_ms"] <= 2500, cuts
+            heard = cuts[0]["text"]
+        else:
+            # The next request's history: the cut reply as far as the caller heard it.
+            said = [m["content"] for m in await mesh.last_chat() if m["role"] == "assistant"]
+            assert said[0] == GREETING and said[1].endswith(CUT_OFF), said
+            heard = said[1].removesuffix(CUT_OFF)
+        assert heard and first_sentence.startswith(heard), heard
+        assert len(heard) < len(first_sentence), heard
         # The transcript has what was produced of the cut reply, then the next answer.
         cut_line, next_line = caller.agent_lines()[1:3]
-        assert cut_line and f"I heard: {HELLO}.".startswith(cut_line.rstrip(".")), cut_line
+        assert cut_line.startswith(heard), cut_line
         assert next_line.startswith("I heard"), next_line
-        assert agent.runtime.sessions["live-cut"].interrupts == 1
+        assert agent.runtime.sessions[f"live-cut-{provider}"].interrupts == 1
     finally:
         await caller.stop()
 

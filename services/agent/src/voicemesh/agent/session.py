@@ -311,20 +311,25 @@ class CallSession:
         if reply.handoff:
             await self._publish_handoff(reply.handoff)
         started = time.monotonic()
-        if reply.speech is None:
+        played = _Played()
+        streamed = reply.speech is not None or reply.sentences is not None
+        voice: AsyncIterator[bytes]
+        if reply.speech is not None:
+            # Played as the provider speaks; its line is known once it has.
+            voice, rate, said_at = reply.speech, reply.speech_rate, self._now()
+        elif reply.sentences is not None:
+            voice, rate = self._voices(reply.sentences, played), self._synth.sample_rate
+            said_at = self._now()
+        else:
             pcm, rate = await self._synthesize(reply.text)
             timing.tts_ms = (time.monotonic() - started) * 1000
             await self._publish_segment(Speaker.AGENT, reply.text, self._now())
-            voice: AsyncIterator[bytes] = _whole(pcm)
-        else:
-            # Streamed: played as the provider speaks; its line is known once it has.
-            voice, rate, said_at = reply.speech, reply.speech_rate, self._now()
-        played = _Played()
+            voice = _whole(pcm)
         playback = self._playback = asyncio.create_task(self._play(voice, rate, timing, played))
         await asyncio.wait({playback})
         self._playback = None
         failure = None if playback.cancelled() else playback.exception()
-        if reply.speech is not None:
+        if streamed:
             if played.first_chunk_at:
                 timing.tts_ms = (played.first_chunk_at - started) * 1000
             if reply.text:
@@ -333,14 +338,15 @@ class CallSession:
             # Barged in on: the conversation must not assume the caller heard it all.
             total_s = played.received / 2 / rate
             played_s = min(played.seconds(), total_s)
-            heard = heard_part(reply.text, played_s / total_s if total_s else 1.0)
+            voiced = " ".join(played.lines) if reply.sentences is not None else reply.text
+            heard = heard_part(voiced, played_s / total_s if total_s else 1.0)
             try:
                 await self._conversation.interrupted(reply.text, heard, round(played_s * 1000))
             except Exception as exc:  # the caller's turn matters more than the history
                 log.warning("could not record the interruption (%s)", type(exc).__name__)
         if failure is not None:
             log.warning("the agent's voice failed mid-reply (%s)", type(failure).__name__)
-            if reply.speech is not None:  # the provider broke off: apologise, never silence
+            if streamed:  # the provider broke off: apologise, never silence
                 await self._say(self._apology(), TurnTiming())
                 return
         if reply.hangup:
@@ -356,6 +362,35 @@ class CallSession:
             # The provider's voice failed: say it with the embedded voice, never silence.
             log.warning("speech synthesis failed (%s); using the offline voice", type(exc).__name__)
             return await self._fallback.synthesize(text), self._fallback.sample_rate
+
+    async def _voices(
+        self, sentences: AsyncGenerator[str, None], played: _Played
+    ) -> AsyncGenerator[bytes, None]:
+        """Each sentence's voice as the provider writes it: the next sentence is synthesized
+        while this one plays, so there is no pause between them."""
+        rate = self._synth.sample_rate
+        voiced: asyncio.Queue[tuple[str, bytes] | None] = asyncio.Queue()
+
+        async def synthesize_all() -> None:
+            try:
+                async for sentence in sentences:
+                    pcm, pcm_rate = await self._synthesize(sentence)
+                    if pcm_rate != rate:  # the offline voice stood in
+                        pcm = resample(pcm, pcm_rate, rate)
+                    voiced.put_nowait((sentence, pcm))
+            finally:
+                voiced.put_nowait(None)
+
+        writer = asyncio.create_task(synthesize_all())
+        try:
+            while (item := await voiced.get()) is not None:
+                played.lines.append(item[0])
+                yield item[1]
+            await writer  # the provider's failure, if it broke off
+        finally:
+            writer.cancel()
+            await asyncio.gather(writer, return_exceptions=True)
+            await sentences.aclose()
 
     async def _play(
         self, voice: AsyncIterator[bytes], rate: int, timing: TurnTiming, played: _Played
@@ -492,6 +527,7 @@ class _Played:
     """How far the playback of one reply got."""
 
     received: int = 0  # bytes of voice received
+    lines: list[str] = field(default_factory=list)  # sentences whose voice was received
     frames: int = 0  # 20 ms frames sent
     first_chunk_at: float = 0.0
     first_frame_at: float = 0.0

@@ -55,8 +55,9 @@ class SimState:
     last_chat: list[Any] = field(default_factory=list)
     #: every Realtime ``conversation.item.truncate`` done: item id, audio_end_ms, text kept
     truncations: list[dict[str, Any]] = field(default_factory=list)
-    #: how fast Realtime audio is produced, in multiples of real time: 0 sends a response's
-    #: audio at once, 1.0 spaces its 100 ms deltas 100 ms apart, as a model speaking live
+    #: how fast voices are produced, in multiples of real time: 0 at once; 1.0 spaces a
+    #: Realtime response's 100 ms deltas 100 ms apart, as a model speaking live, and has
+    #: ``/v1/audio/speech`` take as long as the speech lasts
     voice_speed: float = 0.0
 
     def authorized(self, header: str | None) -> bool:
@@ -307,6 +308,8 @@ async def speech(request: Request) -> Response:
     pcm = await asyncio.to_thread(
         state.voice.speak, text, SPEECH_RATE, rate=int(175 * float(speed))
     )
+    if state.voice_speed > 0:  # a voice model takes time in proportion to what it says
+        await asyncio.sleep(len(pcm) / 2 / SPEECH_RATE / state.voice_speed)
     if response_format == "wav":
         return Response(wav_from_pcm(pcm, SPEECH_RATE), media_type="audio/wav")
     return Response(pcm, media_type="audio/pcm")

@@ -3,7 +3,9 @@
 A provider makes, per call, a ``Transcriber`` (fed 20 ms frames of 16 kHz PCM during the
 caller's speech, asked for the text at the end of the turn), a ``Conversation`` (greets,
 then answers each caller turn, calling tools through ``CallTools``) and a ``Synthesizer``.
-Speech-to-speech providers (OpenAI Realtime) implement ``RealtimeProvider`` instead.
+A reply can stream so the caller hears it begin before the provider has finished: its voice
+(``Reply.speech``, OpenAI Realtime) or its sentences (``Reply.sentences``, OpenAI chat),
+which the session voices one by one.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from voicemesh.agent.profiles import Profile
 from voicemesh.common.events import ToolResult
@@ -31,7 +33,11 @@ __all__ = [
     "Transcriber",
     "TurnJudge",
     "WarmsUp",
+    "prepended",
 ]
+
+
+T = TypeVar("T")
 
 
 class ProviderError(Exception):
@@ -52,6 +58,21 @@ class Reply:
     #: it) stops the provider. ``None``: the session synthesizes ``text``.
     speech: AsyncGenerator[bytes, None] | None = None
     speech_rate: int = 0
+    #: The reply's text a sentence at a time as the provider writes it, for a provider that
+    #: writes while it thinks: the session voices each sentence as it comes, the next one
+    #: while the last plays. Final ``text`` etc. as for ``speech``.
+    sentences: AsyncGenerator[str, None] | None = None
+
+
+async def prepended(first: T, rest: AsyncGenerator[T, None]) -> AsyncGenerator[T, None]:
+    """``first``, then ``rest``: a stream whose first item a provider already awaited.
+    Closing it closes ``rest`` (which stops the provider's work)."""
+    try:
+        yield first
+        async for item in rest:
+            yield item
+    finally:
+        await rest.aclose()
 
 
 class CallTools:

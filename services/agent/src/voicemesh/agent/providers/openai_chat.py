@@ -2,9 +2,10 @@
 
 Reached only through the official ``openai`` package with a configurable ``base_url`` (the
 tests point it at ``voicemesh.openaisim``). Each caller turn is one WAV upload to
-``audio.transcriptions``, then chat completions until the model answers in words (its
-function calls run as NATS tools, see ``openai_tools``), then ``audio.speech`` as 24 kHz
-PCM. Every vendor error becomes ``ProviderError`` at this boundary; the call session turns
+``audio.transcriptions``, then streamed chat completions until the model answers in words
+(its function calls run as NATS tools, see ``openai_tools``); the answer goes to the
+session a sentence at a time as it is written, and each sentence to ``audio.speech`` as
+24 kHz PCM. Every vendor error becomes ``ProviderError`` at this boundary; the call session turns
 a failed turn into the spoken apology and hand-off, and a failed voice into the offline
 voice, so a dropped connection is never silence.
 """
@@ -13,14 +14,16 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 import wave
-from collections.abc import Callable
-from typing import Any
+from collections.abc import AsyncGenerator, Callable
+from typing import Any, cast
 
 import openai
-from openai import AsyncOpenAI
+from openai import AsyncOpenAI, AsyncStream
+from openai.types.chat import ChatCompletionChunk
 
-from voicemesh.agent.providers.base import CallContext, ProviderError, Reply
+from voicemesh.agent.providers.base import CallContext, ProviderError, Reply, prepended
 from voicemesh.agent.providers.openai_tools import END_CALL, MAX_TOOL_STEPS, ToolBox
 
 __all__ = [
@@ -36,6 +39,9 @@ log = logging.getLogger(__name__)
 
 #: Ends an agent line in the history when the caller spoke over the rest of it.
 CUT_OFF = " [interrupted by the caller]"
+
+#: Where a sentence ends in text being written: ., ! or ? and then a space.
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 SPEECH_RATE = 24000  # the "pcm" speech format is 24 kHz s16le mono
 IN_RATE = 16000
@@ -155,49 +161,118 @@ class OpenAIChatConversation:
                 return
 
     async def respond(self, text: str) -> Reply:
+        """Run the model on the caller's turn; once it writes words, the reply streams.
+
+        The completion streams: function calls run as NATS tools first; when the model
+        writes, the reply comes back with its first sentence and ``sentences`` carries the
+        rest as they are written. A turn that says nothing (a hang-up straight after tools,
+        an empty answer) is a plain reply.
+        """
         if self._turn.failure is not None:
             failure, self._turn.failure = self._turn.failure, None
             raise ProviderError(f"transcription failed: {failure}")
         if not text.strip():
             return Reply(self._ctx.profile.messages.didnt_catch)
         self.messages.append({"role": "user", "content": text})
-        for _ in range(MAX_TOOL_STEPS):
-            message = await self._complete()
-            calls = message.tool_calls or []
-            if not calls:
-                content = (message.content or "").strip()
-                self.messages.append({"role": "assistant", "content": content})
-                return Reply(content or self._ctx.profile.messages.didnt_catch)
-            self.messages.append(message.model_dump(exclude_none=True))
-            hangup, farewell, intent = False, None, None
-            for call in calls:
-                function = getattr(call, "function", None)
-                if function is None:  # a custom (non-function) tool call: not offered
-                    continue
-                outcome = await self.toolbox.execute(function.name, function.arguments)
-                self.messages.append(
-                    {"role": "tool", "tool_call_id": call.id, "content": outcome.output}
-                )
-                intent = intent or (function.name if function.name != END_CALL else None)
-                if outcome.hangup:
-                    hangup, farewell = True, outcome.farewell
-            if hangup:
-                goodbye = farewell or self._ctx.profile.messages.goodbye
-                return Reply(goodbye, hangup=True, intent=intent or "goodbye")
-        raise ProviderError("the model kept calling tools")
-
-    async def _complete(self) -> Any:
+        reply = Reply("")
+        lines = self._lines(reply)
         try:
-            completion = await self._client.chat.completions.create(
-                model=self._model,
-                messages=self.messages,  # type: ignore[arg-type]  # plain dicts, as sent
-                tools=self.toolbox.chat_tools(),  # type: ignore[arg-type]
+            first = await anext(lines)
+        except StopAsyncIteration:
+            return reply
+        reply.sentences = prepended(first, lines)
+        return reply
+
+    async def _lines(self, reply: Reply) -> AsyncGenerator[str, None]:
+        """The turn's sentences as the model writes them; ``reply`` is final at the end."""
+        said: list[str] = []
+        kept = 0  # how many of the sentences said are in the history
+        try:
+            for _ in range(MAX_TOOL_STEPS):
+                written = ""
+                calls: dict[int, dict[str, str]] = {}
+                async for delta in self._stream():
+                    if delta.content:
+                        written += delta.content
+                        *whole, written = _SENTENCE_END.split(written)
+                        for sentence in filter(None, (w.strip() for w in whole)):
+                            said.append(sentence)
+                            reply.text = " ".join(said)
+                            yield sentence
+                    for call in delta.tool_calls or []:
+                        slot = calls.setdefault(call.index, {"id": "", "name": "", "args": ""})
+                        slot["id"] = call.id or slot["id"]
+                        if call.function is not None:
+                            slot["name"] += call.function.name or ""
+                            slot["args"] += call.function.arguments or ""
+                if written.strip():
+                    said.append(written.strip())
+                    reply.text = " ".join(said)
+                    yield written.strip()
+                if not calls:
+                    self.messages.append({"role": "assistant", "content": " ".join(said[kept:])})
+                    kept = len(said)
+                    reply.text = reply.text or self._ctx.profile.messages.didnt_catch
+                    return
+                self.messages.append(
+                    {
+                        "role": "assistant",
+                        "content": " ".join(said[kept:]) or None,
+                        "tool_calls": [
+                            {
+                                "id": c["id"],
+                                "type": "function",
+                                "function": {"name": c["name"], "arguments": c["args"]},
+                            }
+                            for c in calls.values()
+                        ],
+                    }
+                )
+                kept = len(said)
+                hangup, farewell = False, None
+                for call in calls.values():
+                    outcome = await self.toolbox.execute(call["name"], call["args"])
+                    self.messages.append(
+                        {"role": "tool", "tool_call_id": call["id"], "content": outcome.output}
+                    )
+                    if call["name"] != END_CALL:
+                        reply.intent = reply.intent or call["name"]
+                    if outcome.hangup:
+                        hangup, farewell = True, outcome.farewell
+                if hangup:
+                    goodbye = farewell or self._ctx.profile.messages.goodbye
+                    reply.hangup, reply.intent = True, reply.intent or "goodbye"
+                    reply.text = " ".join([*said, goodbye])
+                    if said:  # already speaking: say goodbye in the same stream
+                        yield goodbye
+                    return
+            raise ProviderError("the model kept calling tools")
+        finally:
+            if len(said) > kept:  # cut off part way: the history has what was written
+                self.messages.append({"role": "assistant", "content": " ".join(said[kept:])})
+
+    async def _stream(self) -> AsyncGenerator[Any, None]:
+        """The choice deltas of one streamed completion over the history."""
+        try:
+            stream = cast(
+                "AsyncStream[ChatCompletionChunk]",
+                await self._client.chat.completions.create(
+                    model=self._model,
+                    messages=self.messages,  # type: ignore[arg-type]  # plain dicts, as sent
+                    tools=self.toolbox.chat_tools(),  # type: ignore[arg-type]
+                    stream=True,
+                ),
             )
         except openai.OpenAIError as exc:
             raise ProviderError(f"chat failed: {type(exc).__name__}") from exc
-        if not completion.choices:
-            raise ProviderError("chat answered no choices")
-        return completion.choices[0].message
+        try:
+            async for chunk in stream:
+                if chunk.choices:
+                    yield chunk.choices[0].delta
+        except openai.OpenAIError as exc:
+            raise ProviderError(f"chat failed: {type(exc).__name__}") from exc
+        finally:
+            await stream.close()
 
 
 class OpenAIProvider:

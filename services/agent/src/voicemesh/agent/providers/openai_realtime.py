@@ -5,9 +5,10 @@ common ``Provider`` interface so the call session keeps owning voice activity, t
 barge-in, silence prompts and degradation: the agent's own end-of-turn detector commits the
 input buffer (server VAD is off), the transcriber returns the Realtime input transcription,
 the conversation asks for a response (running its function calls as NATS tools and sending
-``function_call_output`` items until the model speaks), and the synthesizer hands back the
-audio the model spoke for that text. Fixed lines (the greeting, "are you still there?")
-are spoken by the model out of band (``conversation: "none"``) in the same voice.
+``function_call_output`` items until the model speaks) and hands the session the model's
+voice as it streams in (``Reply.speech``); a barge-in cancels the response. Fixed lines
+(the greeting, "are you still there?") are spoken by the model out of band
+(``conversation: "none"``) in the same voice.
 
 A dropped connection or an ``error`` event fails the waiting step with ``ProviderError``;
 the session then apologises in the offline voice and hands the call off, never silence.
@@ -26,7 +27,7 @@ from typing import Any, Final
 from openai import AsyncOpenAI
 from openai.resources.realtime.realtime import AsyncRealtimeConnection
 
-from voicemesh.agent.providers.base import CallContext, ProviderError, Reply
+from voicemesh.agent.providers.base import CallContext, ProviderError, Reply, prepended
 from voicemesh.agent.providers.openai_chat import openai_client
 from voicemesh.agent.providers.openai_tools import END_CALL, MAX_TOOL_STEPS, ToolBox
 from voicemesh.agent.speech import resample
@@ -82,7 +83,6 @@ class RealtimeLink:
         self.context = context
         self.toolbox = ToolBox(context)
         self.failure: str | None = None
-        self.spoken: dict[str, bytes] = {}  # reply text -> the audio the model spoke for it
         self._conn: AsyncRealtimeConnection | None = None
         self._reader: asyncio.Task[None] | None = None
         self._sender: asyncio.Task[None] | None = None
@@ -355,72 +355,61 @@ class RealtimeConversation:
     def __init__(self, link: RealtimeLink) -> None:
         self._link = link
         self._profile = link.context.profile
-        self._items: dict[str, str] = {}  # what the agent said -> its conversation item
-        # The message item a streamed reply is speaking: (item id, where in the reply its
-        # audio starts in ms, its audio so far), for truncating it at a barge-in.
+        # The message item the reply being played is speaking: (item id, where in the reply
+        # its audio starts in ms, its response), for truncating it at a barge-in.
         self._playing: tuple[str, int, _Response] | None = None
 
     async def greeting(self) -> Reply:
         text = self._link.toolbox.greeting()
-        result = await self._link.respond(instructions=f"Say exactly: {text}")
-        spoken = result.transcript or text
-        self._link.spoken[spoken] = bytes(result.audio)
-        self._remember(spoken, result)
-        return Reply(spoken)
-
-    def _remember(self, spoken: str, result: _Response) -> None:
-        if result.message_id is not None:
-            self._items[spoken] = result.message_id
+        return await self._streamed(Reply(text), instructions=f"Say exactly: {text}")
 
     async def interrupted(self, said: str, heard: str, played_ms: int) -> None:
         """Truncate the item the caller spoke over at what was played of it."""
-        if self._link.failure is not None:
-            return
-        item = self._items.get(said)
-        if item is not None:
-            await self._link.truncate(item, played_ms)
-        elif self._playing is not None:
+        if self._link.failure is None and self._playing is not None:
             item, offset_ms, result = self._playing
             await self._link.truncate(item, max(0, min(played_ms - offset_ms, result.audio_ms)))
 
     async def respond(self, text: str) -> Reply:
-        """Answer the committed turn; once the model starts speaking the reply streams.
+        """Answer the committed turn; the reply streams once the model starts speaking.
 
         Function calls run as NATS tools first. When audio begins, the reply comes back at
         once with ``speech`` streaming the rest of the turn (a spoken step that also called
         tools carries on into the next response). A turn that never speaks (a hang-up
         straight after tools, an empty answer) is a plain reply, voiced by ``say``.
         """
-        link = self._link
-        if link.failure is not None:
-            raise ProviderError(f"realtime connection is down ({link.failure})")
+        if self._link.failure is not None:
+            raise ProviderError(f"realtime connection is down ({self._link.failure})")
         # The caller's audio is already in the conversation (committed); just answer it.
-        reply = Reply("")
+        return await self._streamed(Reply(""))
+
+    async def _streamed(self, reply: Reply, **options: Any) -> Reply:
         self._playing = None
-        turn = self._turn(reply)
+        turn = self._turn(reply, **options)
         try:
             first = await anext(turn)
         except StopAsyncIteration:
             return reply
-        reply.speech, reply.speech_rate = _starting_with(first, turn), RATE
+        reply.speech, reply.speech_rate = prepended(first, turn), RATE
         return reply
 
-    async def _turn(self, reply: Reply) -> AsyncGenerator[bytes, None]:
+    async def _turn(self, reply: Reply, **options: Any) -> AsyncGenerator[bytes, None]:
         link, spoken_ms = self._link, 0
+        fallback = reply.text or self._profile.messages.didnt_catch
         words: list[str] = []
         for _ in range(MAX_TOOL_STEPS):
             result = _Response()
-            async for chunk in link.stream(result):
+            async for chunk in link.stream(result, **options):
                 if result.message_id is not None:
                     self._playing = (result.message_id, spoken_ms, result)
                 reply.text = " ".join([*words, result.text])
                 yield chunk
+            options = {}
             if result.text:
                 words.append(result.text)
             reply.text = " ".join(words)
             spoken_ms += result.audio_ms
             if not result.calls:
-                reply.text = reply.text or self._profile.messages.didnt_catch
+                reply.text = reply.text or fallback
                 return
             hangup, farewell = False, None
             for call_id, name, arguments in result.calls:
@@ -442,28 +431,16 @@ class RealtimeConversation:
         raise ProviderError("the model kept calling tools")
 
 
-async def _starting_with(
-    first: bytes, rest: AsyncGenerator[bytes, None]
-) -> AsyncGenerator[bytes, None]:
-    """``first``, then ``rest``; closing this closes ``rest`` (cancelling its response)."""
-    try:
-        yield first
-        async for chunk in rest:
-            yield chunk
-    finally:
-        await rest.aclose()
-
-
 class RealtimeVoice:
+    """Lines the session voices itself ("are you still there?", a goodbye after tools):
+    spoken by the model out of band, in the call's voice."""
+
     sample_rate = RATE
 
     def __init__(self, link: RealtimeLink) -> None:
         self._link = link
 
     async def synthesize(self, text: str) -> bytes:
-        audio = self._link.spoken.pop(text, None)
-        if audio:
-            return audio
         return await self._link.say(text)
 
 
