@@ -314,6 +314,11 @@ async def test_a_reply_plays_while_the_model_is_still_producing_it(
         arrivals = [a.received_at for a in caller.audio if a.received_at >= first]
         gaps = [b - a for a, b in itertools.pairwise(arrivals)]
         assert max(gaps) < 0.25, max(gaps)
+        # While it played, the line was captioned live under its final segment's id.
+        final = next(seg for seg in caller.segments if seg.text == reply)
+        live = [(at, seg.text) for at, seg in caller.captions if seg.segment_id == final.segment_id]
+        assert live and all(reply.startswith(text.rstrip(".")) for _, text in live), live
+        assert live[0][0] < first + voice_s - 0.5, (live[0][0] - first, voice_s)
     finally:
         await caller.stop()
 

@@ -57,6 +57,8 @@ IN_RATE = 16000
 #: Frames are sent this far ahead of real time so scheduling jitter never starves the
 #: gateway's jitter buffer; small enough that a barge-in still cuts audio at once.
 PLAYBACK_LEAD_S = 0.06
+#: How often a streamed line's live caption is brought up to date.
+CAPTION_EVERY_S = 0.25
 MAX_QUEUED_FRAMES = 500
 # Turns the watchdog queues; NUL never comes out of a recogniser.
 _STILL_THERE = "\x00still_there"
@@ -326,14 +328,19 @@ class CallSession:
             await self._publish_segment(Speaker.AGENT, reply.text, self._now())
             voice = _whole(pcm)
         playback = self._playback = asyncio.create_task(self._play(voice, rate, timing, played))
+        if streamed:
+            line = self._segment_id(Speaker.AGENT)
+            captions = asyncio.create_task(self._caption(reply, played, line, said_at))
         await asyncio.wait({playback})
         self._playback = None
         failure = None if playback.cancelled() else playback.exception()
         if streamed:
+            captions.cancel()
+            await asyncio.gather(captions, return_exceptions=True)
             if played.first_chunk_at:
                 timing.tts_ms = (played.first_chunk_at - started) * 1000
             if reply.text:
-                await self._publish_segment(Speaker.AGENT, reply.text, said_at)
+                await self._publish_segment(Speaker.AGENT, reply.text, said_at, segment_id=line)
         if playback.cancelled() and isinstance(self._conversation, HearsInterruptions):
             # Barged in on: the conversation must not assume the caller heard it all.
             total_s = played.received / 2 / rate
@@ -362,6 +369,19 @@ class CallSession:
             # The provider's voice failed: say it with the embedded voice, never silence.
             log.warning("speech synthesis failed (%s); using the offline voice", type(exc).__name__)
             return await self._fallback.synthesize(text), self._fallback.sample_rate
+
+    async def _caption(self, reply: Reply, played: _Played, line: str, said_at: float) -> None:
+        """Live captions for a streamed line: while it plays, a partial segment whenever its
+        text has grown (the voiced sentences, or the speech model's transcript so far)."""
+        shown = ""
+        while True:
+            await asyncio.sleep(CAPTION_EVERY_S)
+            text = " ".join(played.lines) if reply.sentences is not None else reply.text
+            if text and text != shown:
+                shown = text
+                await self._publish_segment(
+                    Speaker.AGENT, text, said_at, segment_id=line, final=False
+                )
 
     async def _voices(
         self, sentences: AsyncGenerator[str, None], played: _Played
@@ -484,18 +504,30 @@ class CallSession:
     def _now(self) -> float:
         return time.monotonic() - self._started_at
 
-    async def _publish_segment(self, speaker: Speaker, text: str, start_s: float) -> None:
+    def _segment_id(self, speaker: Speaker) -> str:
         n = self._segments[speaker]
         self._segments[speaker] = n + 1
+        return f"{self.call_id}:{speaker.value}:{n}"
+
+    async def _publish_segment(
+        self,
+        speaker: Speaker,
+        text: str,
+        start_s: float,
+        *,
+        segment_id: str | None = None,
+        final: bool = True,
+    ) -> None:
         segment = TranscriptSegment(
             tenant=self._tenant,
             call_id=self.call_id,
             source=self._source,
-            segment_id=f"{self.call_id}:{speaker.value}:{n}",
+            segment_id=segment_id or self._segment_id(speaker),
             speaker=speaker,
             text=text,
             start_s=max(0.0, start_s),
             end_s=max(start_s, self._now()),
+            final=final,
         )
         try:
             await self._events.publish(

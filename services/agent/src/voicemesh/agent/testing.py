@@ -65,6 +65,8 @@ class SimulatedCaller:
     audio: list[AgentAudio] = field(default_factory=list)
     controls: list[ControlMessage] = field(default_factory=list)
     segments: list[TranscriptSegment] = field(default_factory=list)
+    #: partial segments (when they arrived, what they said) of lines still being spoken
+    captions: list[tuple[float, TranscriptSegment]] = field(default_factory=list)
     speech_started_at: list[float] = field(default_factory=list)
     speech_ended_at: list[float] = field(default_factory=list)
     voice_rate: int = 170
@@ -108,6 +110,9 @@ class SimulatedCaller:
 
     async def _on_segment(self, msg: Msg) -> None:
         segment = TranscriptSegment.model_validate_json(msg.data)
+        if not segment.final:  # a live caption of a line still being spoken
+            self.captions.append((time.monotonic(), segment))
+            return
         self.segments.append(segment)
         if segment.speaker.value == "agent":
             # A line is published as its audio starts, or, streamed, once it has been
