@@ -231,3 +231,58 @@ async def test_realtime_refuses_a_wrong_key(sim: ServiceProcess) -> None:
         with pytest.raises(Exception, match="401"):
             async with wrong.realtime.connect(model="gpt-realtime"):
                 pass
+
+
+@pytest.fixture
+async def live_client(processes: ProcessTracker) -> AsyncIterator[AsyncOpenAI]:
+    """A simulator whose voices come in real time (``--voice-speed 1``)."""
+    port = free_port()
+    argv = [sys.executable, "-m", "voicemesh.openaisim", "--port", str(port)]
+    process = processes.command(
+        [*argv, "--api-key", KEY, "--voice-speed", "1"], {}, name="openaisim-live"
+    )
+    process.http_port = port
+    await process.wait_healthy(timeout=20)
+    async with AsyncOpenAI(
+        api_key=KEY, base_url=f"http://127.0.0.1:{port}/v1", max_retries=0
+    ) as client:
+        yield client
+
+
+async def test_realtime_response_in_progress_can_be_cancelled(live_client: AsyncOpenAI) -> None:
+    line = "Thank you for calling Bella Salon, we are open every day but Sunday from nine to six."
+    async with live_client.realtime.connect(model="gpt-realtime") as conn:
+        assert (await conn.recv()).type == "session.created"
+        await conn.response.create(response={"instructions": f"Say exactly: {line}"})
+        audio, item_id = bytearray(), ""
+        async for event in conn:
+            if event.type == "response.output_item.added":
+                item_id = event.item.id or ""
+            elif event.type == "response.output_audio.delta":
+                audio += base64.b64decode(event.delta)
+                if len(audio) >= 24000 * 2 // 2:  # half a second of a ~5 s line
+                    break
+        # Produced in real time: a second response must wait, a cancel stops this one.
+        await conn.response.create()
+        error = await conn.recv()
+        assert error.type == "error" and "active response" in error.error.message, error
+        await conn.response.cancel()
+        said = ""
+        async for event in conn:
+            if event.type == "response.output_audio.delta":
+                audio += base64.b64decode(event.delta)
+            elif event.type == "response.output_audio_transcript.done":
+                said = event.transcript
+            elif event.type == "response.done":
+                assert event.response.status == "cancelled", event.response
+                break
+        audio_ms = len(audio) * 1000 // (2 * 24000)
+        assert 500 <= audio_ms < 3000, audio_ms
+        assert said and line.startswith(said) and len(said) < len(line), said
+        # The item keeps only the audio sent before the cancel: truncating past it is refused.
+        await conn.conversation.item.truncate(
+            item_id=item_id, content_index=0, audio_end_ms=audio_ms + 200
+        )
+        assert (await conn.recv()).type == "error"
+        await conn.conversation.item.truncate(item_id=item_id, content_index=0, audio_end_ms=300)
+        assert (await conn.recv()).type == "conversation.item.truncated"
