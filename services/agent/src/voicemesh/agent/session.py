@@ -316,25 +316,26 @@ class CallSession:
         played = _Played()
         streamed = reply.speech is not None or reply.sentences is not None
         voice: AsyncIterator[bytes]
+        said_at = self._now()
         if reply.speech is not None:
             # Played as the provider speaks; its line is known once it has.
-            voice, rate, said_at = reply.speech, reply.speech_rate, self._now()
+            voice, rate = reply.speech, reply.speech_rate
         elif reply.sentences is not None:
             voice, rate = self._voices(reply.sentences, played), self._synth.sample_rate
-            said_at = self._now()
         else:
             pcm, rate = await self._synthesize(reply.text)
             timing.tts_ms = (time.monotonic() - started) * 1000
             await self._publish_segment(Speaker.AGENT, reply.text, self._now())
             voice = _whole(pcm)
         playback = self._playback = asyncio.create_task(self._play(voice, rate, timing, played))
-        if streamed:
-            line = self._segment_id(Speaker.AGENT)
-            captions = asyncio.create_task(self._caption(reply, played, line, said_at))
+        line = self._segment_id(Speaker.AGENT) if streamed else ""
+        captions = (
+            asyncio.create_task(self._caption(reply, played, line, said_at)) if line else None
+        )
         await asyncio.wait({playback})
         self._playback = None
         failure = None if playback.cancelled() else playback.exception()
-        if streamed:
+        if captions is not None:
             captions.cancel()
             await asyncio.gather(captions, return_exceptions=True)
             if played.first_chunk_at:
@@ -345,8 +346,7 @@ class CallSession:
             # Barged in on: the conversation must not assume the caller heard it all.
             total_s = played.received / 2 / rate
             played_s = min(played.seconds(), total_s)
-            voiced = " ".join(played.lines) if reply.sentences is not None else reply.text
-            heard = heard_part(voiced, played_s / total_s if total_s else 1.0)
+            heard = heard_part(played.voiced(reply), played_s / total_s if total_s else 1.0)
             try:
                 await self._conversation.interrupted(reply.text, heard, round(played_s * 1000))
             except Exception as exc:  # the caller's turn matters more than the history
@@ -376,7 +376,7 @@ class CallSession:
         shown = ""
         while True:
             await asyncio.sleep(CAPTION_EVERY_S)
-            text = " ".join(played.lines) if reply.sentences is not None else reply.text
+            text = played.voiced(reply)
             if text and text != shown:
                 shown = text
                 await self._publish_segment(
@@ -445,9 +445,10 @@ class CallSession:
                     played.first_chunk_at = time.monotonic()
                 played.received += len(chunk)
                 pending += chunk
-                while len(pending) >= step:
-                    await send(bytes(pending[:step]))
-                    del pending[:step]
+                whole = len(pending) - len(pending) % step
+                for offset in range(0, whole, step):
+                    await send(bytes(pending[offset : offset + step]))
+                del pending[:whole]
             if pending:
                 await send(bytes(pending) + bytes(step - len(pending)))
             # Stay "speaking" until the last frame has been heard, not merely sent.
@@ -563,6 +564,11 @@ class _Played:
     frames: int = 0  # 20 ms frames sent
     first_chunk_at: float = 0.0
     first_frame_at: float = 0.0
+
+    def voiced(self, reply: Reply) -> str:
+        """The text whose voice has come so far: the sentences voiced, or a speech model's
+        transcript so far."""
+        return " ".join(self.lines) if reply.sentences is not None else reply.text
 
     def seconds(self) -> float:
         """About how much the caller has heard: frames sent, but not ahead of the clock."""
