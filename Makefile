@@ -68,7 +68,7 @@ deploy: sync  ## deploy one tenant: make deploy VERTICAL=healthcare TENANT=acme 
 	@test -n "$(VERTICAL)" -a -n "$(TENANT)" || { echo "usage: make deploy VERTICAL=<vertical> TENANT=<tenant>"; exit 2; }
 	./deploy/k8s/deploy.sh $(VERTICAL) $(TENANT)
 
-images-check: sync  ## each Dockerfile's dependency set installs and imports its service (no Docker needed)
+images-check: sync  ## each image of deploy/docker/Dockerfile installs, imports its service, has no test kit (no Docker)
 	$(UV_RUN) python deploy/docker/check_images.py
 
 chaos: sync  ## fault and security suites, then one table of what they counted

@@ -1,3 +1,3 @@
 """Root conftest: every test in the repository gets voicemesh's real-server fixtures."""
 
-pytest_plugins = ["voicemesh.common.testing"]
+pytest_plugins = ["voicemesh.testkit.fixtures"]

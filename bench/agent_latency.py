@@ -24,9 +24,9 @@ from voicemesh.agent.providers.base import CallContext, Conversation, Reply
 from voicemesh.agent.providers.offline import EspeakSynthesizer, OfflineProvider
 from voicemesh.agent.speech import speak
 from voicemesh.agent.testing import SimulatedCaller, standard_desk
-from voicemesh.common import streams, subjects
-from voicemesh.common.embedded import start_nats
-from voicemesh.common.events import CallConnected
+from voicemesh.common.contracts import streams, subjects
+from voicemesh.common.contracts.events import CallConnected
+from voicemesh.testkit.embedded import start_nats
 
 TURNS = 7
 CALLS = 3

@@ -34,9 +34,10 @@ from _report import median, report
 from voicemesh.audit.chain import ChainEntry, canonical_json
 from voicemesh.audit.models import LOG
 from voicemesh.audit.store import AuditStore
-from voicemesh.common import CallConnected, Envelope, SmsJob, ToolEvent, streams, subjects
-from voicemesh.common.db import Database
-from voicemesh.common.embedded import free_port, start_nats
+from voicemesh.common import CallConnected, Envelope, SmsJob, ToolEvent
+from voicemesh.common.contracts import streams, subjects
+from voicemesh.common.runtime.db import Database
+from voicemesh.testkit.embedded import free_port, start_nats
 
 ROUNDS = 3
 EVENTS = 10000

@@ -22,15 +22,16 @@ import time
 from pathlib import Path
 
 import nats
-from faststream.nats import NatsBroker
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _report import median, report
 
 from voicemesh.common import ServiceSettings, setup_telemetry
-from voicemesh.common.audio import AudioFrame, decode_frame, encode_frame
-from voicemesh.common.bus import make_broker
-from voicemesh.common.embedded import start_nats
+from voicemesh.common.contracts.audio import AudioFrame, decode_frame, encode_frame
+from voicemesh.common.runtime.bus import make_broker
+from voicemesh.common.runtime.connection import make_nats_broker
+from voicemesh.common.runtime.settings import NatsSettings
+from voicemesh.testkit.embedded import start_nats
 
 ROUNDS = 5
 EVENTS = 2000
@@ -64,9 +65,11 @@ async def faststream_events(url: str, with_voicemesh_middlewares: bool) -> float
     seen = 0
     if with_voicemesh_middlewares:
         telemetry = setup_telemetry("bench")
-        broker, _ = make_broker(ServiceSettings(nats_urls=[url]), telemetry, name="bench")
+        broker, _, _ = make_broker(ServiceSettings(nats_urls=[url]), telemetry, name="bench")
     else:
-        broker = NatsBroker(url, logger=None)
+        broker = make_nats_broker(
+            NatsSettings(nats_urls=[url]), service="bench", graceful_timeout=5.0
+        )
 
     @broker.subscriber("bench.fs")
     async def handler(body: dict[str, str]) -> None:

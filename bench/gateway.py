@@ -39,10 +39,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from voicemesh.common import decode_frame, streams, subjects
-from voicemesh.common.embedded import free_port, start_nats, start_redis
+from voicemesh.common import decode_frame
+from voicemesh.common.contracts import streams, subjects
 from voicemesh.gateway.media import patch_aiortc, unpatch_aiortc
 from voicemesh.gateway.testing import WhipCaller
+from voicemesh.testkit.embedded import free_port, start_nats, start_redis
 
 TENANT = "demo-salon"
 API_KEY = "bench-api-key-0123456789abcdef"

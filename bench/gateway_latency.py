@@ -29,8 +29,8 @@ from gateway import (
     wait_http,
 )
 
-from voicemesh.common import streams
-from voicemesh.common.embedded import start_nats, start_redis
+from voicemesh.common.contracts import streams
+from voicemesh.testkit.embedded import start_nats, start_redis
 
 WINDOW_S = 6.0
 

@@ -33,9 +33,9 @@ from aioapns.connection import APNsProductionClientProtocol
 
 from voicemesh.apnssim.behaviours import Behaviour, token_for
 from voicemesh.apnssim.certs import make_provider_key, make_tls_material
-from voicemesh.common import streams, subjects
-from voicemesh.common.embedded import free_port, start_nats, start_redis
-from voicemesh.common.events import CallRequested, new_call_id
+from voicemesh.common.contracts import streams, subjects
+from voicemesh.common.contracts.events import CallRequested, new_call_id
+from voicemesh.testkit.embedded import free_port, start_nats, start_redis
 
 BUNDLE = "dev.voicemesh.bench"
 SECRET = "b" * 40

@@ -54,10 +54,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 import audit_ingest
 from _report import median, percentile, report
 
-from voicemesh.common import streams, subjects
-from voicemesh.common.embedded import free_port, start_nats
-from voicemesh.common.events import ToolRequest
-from voicemesh.common.tools import ToolClient
+from voicemesh.common.contracts import streams, subjects
+from voicemesh.common.contracts.events import ToolRequest
+from voicemesh.common.runtime.tools import ToolClient
+from voicemesh.testkit.embedded import free_port, start_nats
 
 TENANT = "bench-homes"
 PHONE = "+15555550142"

@@ -54,12 +54,12 @@ from voicemesh.agent.providers.offline import EspeakSynthesizer, OfflineProvider
 from voicemesh.agent.session import TurnTiming
 from voicemesh.agent.speech import speak
 from voicemesh.agent.testing import standard_desk
-from voicemesh.common import streams
-from voicemesh.common.embedded import free_port, start_nats, start_redis
-from voicemesh.common.events import Speaker
+from voicemesh.common.contracts import streams
+from voicemesh.common.contracts.events import Speaker
 from voicemesh.phone import dial
 from voicemesh.phone.phone import VOICE_RMS, PhoneCall
 from voicemesh.phone.script import CallWatcher
+from voicemesh.testkit.embedded import free_port, start_nats, start_redis
 
 OFFLINE, FIXED = "demo-salon", "demo-real-estate"
 API_KEY = "bench-voice-api-key-0123456789abcdef"

@@ -24,9 +24,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from voicemesh.common import subjects
-from voicemesh.common.streams import CONSUMERS
-from voicemesh.common.tenancy import Vertical, validate_tenant_id
+from voicemesh.common.contracts import subjects
+from voicemesh.common.contracts.streams import CONSUMERS
+from voicemesh.common.contracts.tenancy import Vertical, validate_tenant_id
 
 HERE = Path(__file__).resolve().parent
 AUTH_CONF = HERE / "base" / "nats" / "auth.conf"

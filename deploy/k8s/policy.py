@@ -18,8 +18,8 @@ from typing import Any
 
 from deploy.k8s import nats_auth
 
-from voicemesh.common import subjects
-from voicemesh.common.streams import CONSUMERS
+from voicemesh.common.contracts import subjects
+from voicemesh.common.contracts.streams import CONSUMERS
 
 Doc = dict[str, Any]
 

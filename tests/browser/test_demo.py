@@ -17,10 +17,11 @@ import pytest
 from nats.aio.client import Client as NatsClient
 from playwright.async_api import async_playwright
 
-from voicemesh.common import TranscriptSegment, decode_event, streams, subjects
-from voicemesh.common.embedded import free_port
-from voicemesh.common.testing import ProcessTracker, wait_until
+from voicemesh.common import TranscriptSegment, decode_event
+from voicemesh.common.contracts import streams, subjects
 from voicemesh.gateway.testing import EchoAgent, dominant_frequency
+from voicemesh.testkit.embedded import free_port
+from voicemesh.testkit.fixtures import ProcessTracker, wait_until
 
 pytestmark = pytest.mark.slow
 

@@ -22,11 +22,12 @@ import httpx
 from nats.aio.client import Client as NatsClient
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from voicemesh.common import decode_event, streams, subjects
-from voicemesh.common.embedded import free_port
-from voicemesh.common.events import CallEnded
-from voicemesh.common.testing import ProcessTracker, wait_until
+from voicemesh.common import decode_event
+from voicemesh.common.contracts import streams, subjects
+from voicemesh.common.contracts.events import CallEnded
 from voicemesh.gateway.testing import ToneTrack, WhipCaller
+from voicemesh.testkit.embedded import free_port
+from voicemesh.testkit.fixtures import ProcessTracker, wait_until
 
 TENANT = "demo-legal"
 API_KEY = "chaos-sigterm-legal-key-0123456789"

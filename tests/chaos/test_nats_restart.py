@@ -28,11 +28,12 @@ from nats.aio.client import Client as NatsClient
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from voicemesh.agent.speech import speak
-from voicemesh.common import decode_event, streams, subjects
-from voicemesh.common.embedded import EmbeddedServer, free_port
-from voicemesh.common.events import AnyEvent, CallEnded, TranscriptSegment
-from voicemesh.common.testing import ProcessTracker, ServiceProcess, wait_until
+from voicemesh.common import decode_event
+from voicemesh.common.contracts import streams, subjects
+from voicemesh.common.contracts.events import AnyEvent, CallEnded, TranscriptSegment
 from voicemesh.gateway.testing import ToneTrack, WhipCaller
+from voicemesh.testkit.embedded import EmbeddedServer, free_port
+from voicemesh.testkit.fixtures import ProcessTracker, ServiceProcess, wait_until
 
 TENANT = "demo-salon"
 API_KEY = "chaos-nats-salon-key-0123456789"

@@ -27,11 +27,12 @@ from nats.aio.msg import Msg
 
 from voicemesh.apnssim.certs import make_provider_key, make_tls_material
 from voicemesh.apnssim.server import ApnsSimulator, ProviderKey
-from voicemesh.common import decode_event, streams, subjects
-from voicemesh.common.embedded import EmbeddedServer, free_port, start_redis
-from voicemesh.common.events import AnyEvent, CallRequested
-from voicemesh.common.testing import ProcessTracker, ServiceProcess, wait_until
+from voicemesh.common import decode_event
+from voicemesh.common.contracts import streams, subjects
+from voicemesh.common.contracts.events import AnyEvent, CallRequested
 from voicemesh.gateway.testing import EchoAgent, WhipCaller
+from voicemesh.testkit.embedded import EmbeddedServer, free_port, start_redis
+from voicemesh.testkit.fixtures import ProcessTracker, ServiceProcess, wait_until
 
 TENANT = "demo-salon"
 API_KEY = "chaos-redis-salon-key-0123456789"

@@ -37,9 +37,8 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from voicemesh.common import streams, subjects
-from voicemesh.common.embedded import free_port
-from voicemesh.common.events import (
+from voicemesh.common.contracts import streams, subjects
+from voicemesh.common.contracts.events import (
     CallConnected,
     CallEnded,
     CallRequested,
@@ -50,8 +49,10 @@ from voicemesh.common.events import (
     ToolResult,
     TranscriptSegment,
 )
-from voicemesh.common.testing import ProcessTracker, ServiceProcess, wait_until
-from voicemesh.common.tools import ToolClient, job_event_id
+from voicemesh.common.contracts.ids import derived_id
+from voicemesh.common.runtime.tools import ToolClient
+from voicemesh.testkit.embedded import free_port
+from voicemesh.testkit.fixtures import ProcessTracker, ServiceProcess, wait_until
 
 TENANT = "demo-salon"
 API_KEY = "chaos-salon-api-key-0123456789"
@@ -140,7 +141,7 @@ async def _provision(js: JetStreamContext) -> list[tuple[str, str]]:
 
 
 async def _publish(js: JetStreamContext, event: Envelope, subject: str, ledger: Accepted) -> None:
-    """Publish like ``EventPublisher``: JetStream, deduplicated by ``event_id``."""
+    """Publish like ``JetStreamPublisher``: JetStream, deduplicated by ``event_id``."""
     for attempt in range(20):
         try:
             await js.publish(
@@ -422,7 +423,7 @@ async def _count_records(
             [r["event_id"] for r in audit if r["type"].startswith("call.")],
         ),
         "audit: sms jobs": Count.of(
-            [job_event_id(TENANT, k) for k in ledger.texts.values()],
+            [derived_id(TENANT, k) for k in ledger.texts.values()],
             [e["event_id"] for e in by_type.get("sms.job", [])],
         ),
         "audit: appointment events": Count.of(

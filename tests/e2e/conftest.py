@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from voicemesh.common.testing import OtlpReceiver
+from voicemesh.testkit.fixtures import OtlpReceiver
 
 READY_LINE = "Press Ctrl-C"
 

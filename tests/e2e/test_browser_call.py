@@ -26,11 +26,11 @@ import pytest
 from nats.aio.msg import Msg
 from playwright.async_api import Page, async_playwright
 
-from voicemesh.common import subjects
-from voicemesh.common.events import EndReason, Speaker
-from voicemesh.common.testing import LocalDays, wait_until
+from voicemesh.common.contracts import subjects
+from voicemesh.common.contracts.events import EndReason, Speaker
 from voicemesh.phone import synthesize
 from voicemesh.phone.script import CallWatcher, Line, converse
+from voicemesh.testkit.fixtures import LocalDays, wait_until
 
 from .conftest import Mesh
 

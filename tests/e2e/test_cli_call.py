@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from voicemesh.common.testing import OtlpReceiver, wait_until
+from voicemesh.testkit.fixtures import OtlpReceiver, wait_until
 
 from .conftest import Mesh
 

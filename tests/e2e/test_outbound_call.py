@@ -21,11 +21,11 @@ import nats
 import pytest
 import yaml
 
-from voicemesh.common import subjects
-from voicemesh.common.events import CallRequested, EndReason, Speaker, new_call_id
-from voicemesh.common.testing import LocalDays, OtlpReceiver, wait_until
+from voicemesh.common.contracts import subjects
+from voicemesh.common.contracts.events import CallRequested, EndReason, Speaker, new_call_id
 from voicemesh.phone import SimulatedPhone
 from voicemesh.phone.script import CallWatcher, Line, converse
+from voicemesh.testkit.fixtures import LocalDays, OtlpReceiver, wait_until
 
 from .conftest import Mesh
 

@@ -30,11 +30,11 @@ from nats.aio.client import Client as NatsClient
 
 from voicemesh.agent.profiles import ProfileLibrary
 from voicemesh.agent.testing import decode_agent_audio
-from voicemesh.common.events import EndReason, Speaker
-from voicemesh.common.testing import LocalDays, wait_until
+from voicemesh.common.contracts.events import EndReason, Speaker
 from voicemesh.phone import dial
 from voicemesh.phone.phone import PhoneCall
 from voicemesh.phone.script import CallWatcher, converse
+from voicemesh.testkit.fixtures import LocalDays, wait_until
 
 from .conftest import Mesh
 from .test_outbound_call import demo_script

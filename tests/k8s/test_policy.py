@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from voicemesh.common import subjects
+from voicemesh.common.contracts import subjects
 
 from .conftest import K8S, ROOT, Docs
 

@@ -26,9 +26,9 @@ import nats as nats_py
 import pytest
 from nats.aio.client import Client as NatsClient
 
-from voicemesh.common import streams
-from voicemesh.common.embedded import EmbeddedServer, start_nats
-from voicemesh.common.testing import OtlpReceiver, ProcessTracker, ServiceProcess
+from voicemesh.common.contracts import streams
+from voicemesh.testkit.embedded import EmbeddedServer, start_nats
+from voicemesh.testkit.fixtures import OtlpReceiver, ProcessTracker, ServiceProcess
 
 RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results" / "security.json"
 

@@ -31,12 +31,13 @@ from hypothesis import strategies as st
 from nats.aio.client import Client as NatsClient
 from pydantic import ValidationError
 
-from voicemesh.common import DeadLetter, InvalidMessage, decode_event, streams, subjects
-from voicemesh.common.audio import AudioFrame, encode_frame
-from voicemesh.common.events import ToolRequest, ToolResult
-from voicemesh.common.testing import wait_until
-from voicemesh.common.tools import TOOLS, ToolSpec
+from voicemesh.common import DeadLetter, InvalidMessage, decode_event
+from voicemesh.common.contracts import streams, subjects
+from voicemesh.common.contracts.audio import AudioFrame, encode_frame
+from voicemesh.common.contracts.events import ToolRequest, ToolResult
+from voicemesh.common.contracts.tools import TOOLS, ToolSpec
 from voicemesh.gateway.testing import WhipCaller
+from voicemesh.testkit.fixtures import wait_until
 
 from .conftest import TENANTS, VERTICALS, SecureMesh, record_security
 

@@ -26,7 +26,7 @@ from typing import Any
 import httpx
 import pytest
 
-from voicemesh.common.tokens import issue_call_token
+from voicemesh.common.runtime.tokens import issue_call_token
 from voicemesh.gateway.testing import WhipCaller
 
 from .conftest import SERVICES, TENANTS, SecureMesh, record_security

@@ -30,11 +30,11 @@ from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 
-from voicemesh.common import streams, subjects
-from voicemesh.common.bus import EventPublisher
-from voicemesh.common.embedded import EmbeddedServer, find_binary, free_port, wait_for_port
-from voicemesh.common.events import CallConnected
-from voicemesh.common.testing import wait_until
+from voicemesh.common.contracts import streams, subjects
+from voicemesh.common.contracts.events import CallConnected
+from voicemesh.common.runtime.publisher import JetStreamPublisher
+from voicemesh.testkit.embedded import EmbeddedServer, find_binary, free_port, wait_for_port
+from voicemesh.testkit.fixtures import wait_until
 
 K8S = Path(__file__).resolve().parents[2] / "deploy" / "k8s"
 A, B = "acme", "demo-legal"
@@ -247,7 +247,7 @@ async def test_tenant_cannot_read_other_inboxes(mesh: Mesh) -> None:
 
 
 async def test_tenant_uses_jetstream_through_faststream_like_the_services(mesh: Mesh) -> None:
-    """FastStream publishing (EventPublisher) and a durable pull consumer work for tenant A.
+    """FastStream publishing (JetStreamPublisher) and a durable pull consumer work for tenant A.
 
     Both the connection and the pull subscriber must use the tenant's inbox prefix
     (FastStream's pull subscribers default to ``_INBOX.`` whatever the connection uses).
@@ -273,7 +273,7 @@ async def test_tenant_uses_jetstream_through_faststream_like_the_services(mesh: 
     await broker.start()
     try:
         event = CallConnected(tenant=A, call_id="call-1", source="test", vertical="healthcare")
-        await EventPublisher(broker).publish(event, subjects.call_lifecycle(A, "call-1"))
+        await JetStreamPublisher(broker).publish(event, subjects.call_lifecycle(A, "call-1"))
         await wait_until(lambda: received, timeout=10, what="the durable consumer's delivery")
         assert received[0].event_id == event.event_id
     finally:

@@ -14,7 +14,7 @@ import uuid
 import httpx
 import pytest
 
-from voicemesh.common.tokens import issue_call_token
+from voicemesh.common.runtime.tokens import issue_call_token
 
 from .conftest import (
     CALL_RATE_LIMIT,

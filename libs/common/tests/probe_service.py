@@ -23,8 +23,8 @@ from voicemesh.common import (
     run,
     setup_process,
 )
-from voicemesh.common.bus import subscribe_durable
-from voicemesh.common.streams import ConsumerSpec
+from voicemesh.common.contracts.streams import ConsumerSpec
+from voicemesh.common.runtime.bus import subscribe_durable
 
 
 def create_app(settings: ServiceSettings) -> MeshService:

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from voicemesh.common.audio import (
+from voicemesh.common.contracts.audio import (
     HEADER_SIZE,
     SUPPORTED_RATES,
     AudioFrame,

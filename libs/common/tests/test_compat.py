@@ -1,4 +1,4 @@
-"""The nats-py fetch timeout fix (``voicemesh.common.compat``), on a real JetStream.
+"""The nats-py fetch timeout fix (``voicemesh.common.runtime.compat``), on a real JetStream.
 
 The race behind it, made certain: the server's 408 for the fetch's first pull request
 arrives just before the client's own timer would fire (``next_msg`` waits a little longer
@@ -19,7 +19,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.client import JetStreamContext
 
 import voicemesh.common  # noqa: F401  # applies the fix
-from voicemesh.common.testing import wait_until
+from voicemesh.testkit.fixtures import wait_until
 
 
 @pytest.fixture
@@ -43,7 +43,7 @@ async def test_a_fetch_past_its_deadline_raises_the_nats_timeout(
     await js.add_stream(name=name, subjects=[f"{name}.>"])
     sub = await js.pull_subscribe(f"{name}.>", durable=name, stream=name)
     # What nats-py itself does on this path; when this fails, upstream has fixed it and
-    # voicemesh.common.compat can go.
+    # voicemesh.common.runtime.compat can go.
     unwrapped = JetStreamContext.PullSubscription.fetch.__wrapped__  # type: ignore[attr-defined]
     with pytest.raises(TimeoutError) as raised:
         await unwrapped(sub, batch=5, timeout=1.0)

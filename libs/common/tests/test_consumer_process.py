@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 from nats.aio.client import Client as NatsClient
 
-from voicemesh.common import CallConnected, DeadLetter, streams, subjects
-from voicemesh.common.embedded import EmbeddedServer
-from voicemesh.common.streams import ConsumerSpec
-from voicemesh.common.testing import ProcessTracker, ServiceProcess, wait_until
+from voicemesh.common import CallConnected, DeadLetter
+from voicemesh.common.contracts import streams, subjects
+from voicemesh.common.contracts.streams import ConsumerSpec
+from voicemesh.testkit.embedded import EmbeddedServer
+from voicemesh.testkit.fixtures import ProcessTracker, ServiceProcess, wait_until
 
 HERE = Path(__file__).parent
 

@@ -6,8 +6,8 @@ import logging
 
 import pytest
 
-from voicemesh.common import errors
-from voicemesh.common.logs import RedactingFilter
+from voicemesh.common.contracts import errors
+from voicemesh.common.runtime.logs import RedactingFilter
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,7 @@ from voicemesh.common import (
     decode_event,
     encode_event,
 )
-from voicemesh.common.events import event_schemas
+from voicemesh.common.contracts.events import event_schemas
 
 
 def test_every_event_round_trips_through_the_union() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from voicemesh.common.testing import LocalDays
+from voicemesh.testkit.fixtures import LocalDays
 
 NEW_YORK = ZoneInfo("America/New_York")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import text
 
-from voicemesh.common.db import Database
+from voicemesh.common.runtime.db import Database
 
 
 async def test_each_test_gets_a_fresh_postgres_database(postgres_url: str) -> None:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from redis.asyncio import Redis
 
-from voicemesh.common.embedded import free_port
-from voicemesh.common.ratelimit import SlidingWindowLimiter
-from voicemesh.common.testing import wait_until
+from voicemesh.common.runtime.ratelimit import SlidingWindowLimiter
+from voicemesh.testkit.embedded import free_port
+from voicemesh.testkit.fixtures import wait_until
 
 
 async def test_limit_per_tenant_refusals_not_counted_and_window_slides(redis_url: str) -> None:

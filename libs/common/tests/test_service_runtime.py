@@ -8,9 +8,9 @@ import httpx
 import pytest
 from nats.aio.client import Client as NatsClient
 
-from voicemesh.common import streams
-from voicemesh.common.embedded import EmbeddedServer
-from voicemesh.common.testing import ProcessTracker, wait_until
+from voicemesh.common.contracts import streams
+from voicemesh.testkit.embedded import EmbeddedServer
+from voicemesh.testkit.fixtures import ProcessTracker, wait_until
 
 SERVICES = ["gateway", "push", "agent", "crm", "calendar", "sms", "audit", "transcript"]
 

@@ -6,7 +6,7 @@ import asyncio
 
 import numpy as np
 
-from voicemesh.common.speech import espeak, resample, speak
+from voicemesh.common.runtime.speech import espeak, resample, speak
 
 
 def _seconds(pcm: bytes, rate: int) -> float:
@@ -44,7 +44,7 @@ def test_no_other_module_loads_the_espeak_library() -> None:
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[3]
-    allowed = {root / "libs/common/src/voicemesh/common/speech.py", Path(__file__).resolve()}
+    allowed = {root / "libs/common/src/voicemesh/common/runtime/speech.py", Path(__file__).resolve()}
     offenders = [
         str(path.relative_to(root))
         for folder in ("libs", "services", "tools", "tests", "bench")
@@ -62,7 +62,7 @@ def test_threads_speaking_first_at_once_share_one_engine() -> None:
 
     program = """
 import threading
-from voicemesh.common.speech import espeak, speak
+from voicemesh.common.runtime.speech import espeak, speak
 barrier = threading.Barrier(6)
 engines, audio = [], []
 def first_use():

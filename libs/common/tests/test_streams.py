@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from nats.aio.client import Client as NatsClient
 
-from voicemesh.common import streams
+from voicemesh.common.contracts import streams
 
 
 async def test_apply_creates_then_changes_nothing(nats: NatsClient) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from voicemesh.common import subjects
+from voicemesh.common.contracts import subjects
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -92,7 +92,7 @@ SUBJECT = re.compile(r"^vm\.")
 
 
 def test_no_subject_literal_outside_libs_common() -> None:
-    """Subjects are spelled only in voicemesh.common.subjects: no string literal elsewhere."""
+    """Subjects are spelled only in contracts.subjects: no string literal elsewhere."""
     files = subprocess.run(
         ["git", "ls-files", "--cached", "--others", "--exclude-standard", "*.py", "*.js", "*.html"],
         cwd=REPO, capture_output=True, text=True, check=True,

@@ -9,9 +9,9 @@ import pytest
 from fastapi import Depends, FastAPI
 
 from voicemesh.common import TenantRegistry, Unauthorized
-from voicemesh.common.auth import ApiKeys, tenant_guard
-from voicemesh.common.db import async_url
-from voicemesh.common.tokens import issue_call_token, verify_call_token
+from voicemesh.common.runtime.auth import ApiKeys, tenant_guard
+from voicemesh.common.runtime.db import async_url
+from voicemesh.common.runtime.tokens import issue_call_token, verify_call_token
 
 SECRET = "s" * 40
 

@@ -16,28 +16,25 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from prometheus_client import generate_latest
 from pydantic import Field
 
-from voicemesh.common import (
-    MeshService,
-    NotFound,
-    ServiceSettings,
-    setup_telemetry,
-    streams,
-    subjects,
-)
-from voicemesh.common.events import ToolErrorCode, ToolEvent, ToolRequest, ToolResult
-from voicemesh.common.tenancy import Vertical
-from voicemesh.common.testing import wait_until
-from voicemesh.common.tools import (
+from voicemesh.common import MeshService, NotFound, ServiceSettings, setup_telemetry
+from voicemesh.common.contracts import streams, subjects
+from voicemesh.common.contracts.events import (
     AppointmentChanged,
+    ToolErrorCode,
+    ToolEvent,
+    ToolRequest,
+    ToolResult,
+)
+from voicemesh.common.contracts.tenancy import Vertical
+from voicemesh.common.contracts.tools import (
     ToolArgs,
-    ToolCall,
     ToolCallError,
-    ToolClient,
     ToolFailure,
     ToolOutput,
-    ToolServer,
     ToolSpec,
 )
+from voicemesh.common.runtime.tools import ToolCall, ToolClient, ToolServer
+from voicemesh.testkit.fixtures import wait_until
 
 
 class EchoArgs(ToolArgs):
@@ -251,7 +248,7 @@ async def test_handler_events_reach_jetstream_and_a_refusal_is_logged(
     await stored.unsubscribe()
 
     # No stream takes core-NATS control subjects: JetStream's refusal is logged, not lost.
-    with caplog.at_level(logging.WARNING, logger="voicemesh.common.tools"):
+    with caplog.at_level(logging.WARNING, logger="voicemesh.common.contracts.tools"):
         await harness.server.publish_event(event, subjects.call_control(harness.tenant, "c1"))
         await wait_until(
             lambda: "JetStream refused the appointment.changed event" in caplog.text,

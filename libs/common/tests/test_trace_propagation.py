@@ -7,10 +7,11 @@ from pathlib import Path
 
 from nats.aio.client import Client as NatsClient
 
-from voicemesh.common import CallConnected, ServiceSettings, setup_telemetry, streams, subjects
-from voicemesh.common.bus import EventPublisher, make_broker
-from voicemesh.common.streams import ConsumerSpec
-from voicemesh.common.testing import OtlpReceiver, ProcessTracker, wait_until
+from voicemesh.common import CallConnected, ServiceSettings, setup_telemetry
+from voicemesh.common.contracts import streams, subjects
+from voicemesh.common.contracts.streams import ConsumerSpec
+from voicemesh.common.runtime.bus import make_broker
+from voicemesh.testkit.fixtures import OtlpReceiver, ProcessTracker, wait_until
 
 HERE = Path(__file__).parent
 
@@ -48,14 +49,12 @@ async def test_publisher_span_is_parent_of_consumer_span_in_another_process(
     publisher_name = unique("publisher")
     telemetry = setup_telemetry(publisher_name, otlp_endpoint=otlp_receiver.endpoint)
     settings = ServiceSettings(nats_urls=[nats_url], tenant=tenant, tenants=f"{tenant}:salon")
-    broker, _ = make_broker(settings, telemetry, name=publisher_name)
+    broker, events, _ = make_broker(settings, telemetry, name=publisher_name)
     await broker.start()
     try:
         event = CallConnected(tenant=tenant, call_id=unique("c"), source=publisher_name)
         with telemetry.tracer.start_as_current_span("tenant backend request") as root:
-            await EventPublisher(broker).publish(
-                event, subjects.call_lifecycle(tenant, event.call_id)
-            )
+            await events.publish(event, subjects.call_lifecycle(tenant, event.call_id))
         trace_id = format(root.get_span_context().trace_id, "032x")
     finally:
         await broker.stop()

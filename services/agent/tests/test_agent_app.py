@@ -10,7 +10,7 @@ from nats.aio.client import Client as NatsClient
 from voicemesh.agent import AgentSettings, create_app
 from voicemesh.agent.providers.base import CallContext
 from voicemesh.agent.providers.offline import OfflineProvider
-from voicemesh.common import streams
+from voicemesh.common.contracts import streams
 
 
 def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -20,9 +20,9 @@ from nats.aio.client import Client as NatsClient
 from voicemesh.agent import AgentService, AgentSettings, create_app
 from voicemesh.agent.profiles import ProfileLibrary
 from voicemesh.agent.testing import SimulatedCaller, cough, decode_agent_audio, standard_desk
-from voicemesh.common import streams, subjects
-from voicemesh.common.events import CallConnected, CallEnded, EndReason, ToolEvent
-from voicemesh.common.testing import wait_until
+from voicemesh.common.contracts import streams, subjects
+from voicemesh.common.contracts.events import CallConnected, CallEnded, EndReason, ToolEvent
+from voicemesh.testkit.fixtures import wait_until
 
 NEW_YORK = ZoneInfo("America/New_York")
 NOW = datetime(2026, 11, 24, 10, 0, tzinfo=NEW_YORK)
@@ -155,7 +155,7 @@ async def test_caller_audio_that_arrives_in_a_burst_is_still_heard(
 ) -> None:
     """A network hiccup delivers an utterance's frames all at once: the agent still hears it."""
     from voicemesh.agent.speech import speak
-    from voicemesh.common.audio import AudioFrame, encode_frame, frame_bytes
+    from voicemesh.common.contracts.audio import AudioFrame, encode_frame, frame_bytes
 
     desk = standard_desk(nats, "demo-salon")
     await desk.start()

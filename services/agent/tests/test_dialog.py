@@ -13,8 +13,8 @@ from voicemesh.agent.dialog import OfflineConversation, ToolUnavailable
 from voicemesh.agent.profiles import ProfileError, ProfileLibrary
 from voicemesh.agent.providers.base import CallContext, CallTools
 from voicemesh.agent.testing import standard_desk
-from voicemesh.common.tenancy import Tenant, Vertical
-from voicemesh.common.tools import ToolClient
+from voicemesh.common.contracts.tenancy import Tenant, Vertical
+from voicemesh.common.runtime.tools import ToolClient
 
 NEW_YORK = ZoneInfo("America/New_York")
 #: Tuesday 24 November 2026, 10:00 in New York

@@ -27,10 +27,10 @@ from voicemesh.agent import AgentService, AgentSettings, create_app
 from voicemesh.agent.profiles import ProfileLibrary
 from voicemesh.agent.providers.openai_chat import CUT_OFF
 from voicemesh.agent.testing import SimulatedCaller
-from voicemesh.common import streams, subjects
-from voicemesh.common.embedded import free_port
-from voicemesh.common.events import CallConnected, ToolEvent
-from voicemesh.common.testing import LocalDays, ProcessTracker, ServiceProcess, wait_until
+from voicemesh.common.contracts import streams, subjects
+from voicemesh.common.contracts.events import CallConnected, ToolEvent
+from voicemesh.testkit.embedded import free_port
+from voicemesh.testkit.fixtures import LocalDays, ProcessTracker, ServiceProcess, wait_until
 
 TENANT = "demo-salon"
 NEW_YORK = ZoneInfo("America/New_York")
@@ -374,8 +374,8 @@ def test_the_openai_providers_need_a_key_and_offer_the_profiles_tools() -> None:
 async def test_the_toolbox_offers_the_profiles_tools_without_the_idempotency_key() -> None:
     from voicemesh.agent.providers.base import CallContext, CallTools
     from voicemesh.agent.providers.openai_tools import ToolBox
-    from voicemesh.common.tenancy import Tenant, Vertical
-    from voicemesh.common.tools import ToolClient
+    from voicemesh.common.contracts.tenancy import Tenant, Vertical
+    from voicemesh.common.runtime.tools import ToolClient
 
     profile = ProfileLibrary().get("salon")
     tenant = Tenant(id=TENANT, vertical=Vertical.SALON)

@@ -29,11 +29,10 @@ from voicemesh.common import (
     Envelope,
     SmsJob,
     ToolEvent,
-    streams,
-    subjects,
 )
-from voicemesh.common.db import Database
-from voicemesh.common.testing import ProcessTracker, ServiceProcess, wait_until
+from voicemesh.common.contracts import streams, subjects
+from voicemesh.common.runtime.db import Database
+from voicemesh.testkit.fixtures import ProcessTracker, ServiceProcess, wait_until
 
 API_KEY = "audit-test-key-0123456789"
 BURST = 5000

@@ -16,7 +16,7 @@ from voicemesh.audit.chain import ChainEntry
 from voicemesh.audit.models import HEAD, LOG, AuditRecord
 from voicemesh.audit.store import AuditStore, RecordQuery
 from voicemesh.audit.verify import verify_chain, verify_database
-from voicemesh.common.db import Database
+from voicemesh.common.runtime.db import Database
 
 
 @pytest.fixture

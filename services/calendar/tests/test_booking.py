@@ -19,16 +19,13 @@ from sqlmodel import col
 
 from voicemesh.calendar import CalendarSettings, create_app
 from voicemesh.calendar.models import Appointment, Reminder
-from voicemesh.common import MeshService, SmsJob, streams, subjects
-from voicemesh.common.db import Database
-from voicemesh.common.events import ToolErrorCode
-from voicemesh.common.testing import ProcessTracker, wait_until
-from voicemesh.common.tools import (
-    AppointmentChanged,
-    AppointmentResult,
-    AvailabilityResult,
-    ToolClient,
-)
+from voicemesh.common import MeshService, SmsJob
+from voicemesh.common.contracts import streams, subjects
+from voicemesh.common.contracts.events import AppointmentChanged, ToolErrorCode
+from voicemesh.common.contracts.tools import AppointmentResult, AvailabilityResult
+from voicemesh.common.runtime.db import Database
+from voicemesh.common.runtime.tools import ToolClient
+from voicemesh.testkit.fixtures import ProcessTracker, wait_until
 
 API_KEY = "calendar-test-key-0123456789"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from voicemesh.common.tools import ContactInfo
+from voicemesh.common.contracts.tools import ContactInfo
 from voicemesh.crm.cache import LookupCache
 
 NOW = datetime(2030, 1, 1, tzinfo=UTC)

@@ -12,28 +12,21 @@ import pytest
 from nats.aio.client import Client as NatsClient
 from nats.js.client import JetStreamContext
 
-from voicemesh.common import (
-    CallEnded,
-    CallRequested,
-    DeadLetter,
-    EndReason,
-    Envelope,
-    MeshService,
-    streams,
-    subjects,
-)
-from voicemesh.common.db import Database
-from voicemesh.common.events import ToolErrorCode, ToolEvent, ToolResult
-from voicemesh.common.testing import ProcessTracker, wait_until
-from voicemesh.common.tools import (
+from voicemesh.common import CallEnded, CallRequested, DeadLetter, EndReason, Envelope, MeshService
+from voicemesh.common.contracts import streams, subjects
+from voicemesh.common.contracts.events import (
     AppointmentChanged,
-    LookupContactArgs,
     SmsStatus,
-    ToolClient,
-    UpsertContactArgs,
+    ToolErrorCode,
+    ToolEvent,
+    ToolResult,
 )
+from voicemesh.common.contracts.tools import LookupContactArgs, UpsertContactArgs
+from voicemesh.common.runtime.db import Database
+from voicemesh.common.runtime.tools import ToolClient
 from voicemesh.crm import CrmSettings, create_app
 from voicemesh.crm.store import Crm as CrmStore
+from voicemesh.testkit.fixtures import ProcessTracker, wait_until
 
 API_KEY = "crm-test-key-0123456789abcd"
 PHONE = "+15555550177"

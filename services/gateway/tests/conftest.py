@@ -13,8 +13,9 @@ from asgi_lifespan import LifespanManager
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
-from voicemesh.common import MeshService, decode_event, streams, subjects
-from voicemesh.common.auth import ApiKeys
+from voicemesh.common import MeshService, decode_event
+from voicemesh.common.contracts import streams, subjects
+from voicemesh.common.runtime.auth import ApiKeys
 from voicemesh.gateway import GatewaySettings, create_app
 from voicemesh.gateway.app import Gateway
 from voicemesh.gateway.testing import EchoAgent

@@ -8,17 +8,12 @@ from typing import Any
 
 import numpy as np
 
-from voicemesh.common import (
-    ControlCommand,
-    ControlMessage,
-    TranscriptSegment,
-    encode_frame,
-    subjects,
-)
-from voicemesh.common.audio import AudioFrame
-from voicemesh.common.testing import wait_until
-from voicemesh.common.tokens import issue_call_token
+from voicemesh.common import ControlCommand, ControlMessage, TranscriptSegment, encode_frame
+from voicemesh.common.contracts import subjects
+from voicemesh.common.contracts.audio import AudioFrame
+from voicemesh.common.runtime.tokens import issue_call_token
 from voicemesh.gateway.testing import WhipCaller, dominant_frequency, rms
+from voicemesh.testkit.fixtures import wait_until
 
 from .conftest import API_KEY, SECRET, TENANT, GatewayHarness
 

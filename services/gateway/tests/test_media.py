@@ -11,7 +11,7 @@ import aiortc.rtcrtpreceiver
 import numpy as np
 
 from voicemesh.common import encode_frame
-from voicemesh.common.audio import AudioFrame
+from voicemesh.common.contracts.audio import AudioFrame
 from voicemesh.gateway.media import (
     OUT_RATE,
     AgentAudioTrack,

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from voicemesh.common.tokens import issue_call_token
+from voicemesh.common.runtime.tokens import issue_call_token
 from voicemesh.gateway.testing import WhipCaller
 
 from .conftest import API_KEY, SECRET, TENANT, GatewayHarness

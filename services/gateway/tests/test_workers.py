@@ -12,11 +12,12 @@ from typing import Any
 import httpx
 from nats.aio.client import Client as NatsClient
 
-from voicemesh.common import decode_event, streams, subjects
-from voicemesh.common.embedded import free_port
-from voicemesh.common.testing import ProcessTracker, ServiceProcess, wait_until
-from voicemesh.common.tokens import issue_call_token
+from voicemesh.common import decode_event
+from voicemesh.common.contracts import streams, subjects
+from voicemesh.common.runtime.tokens import issue_call_token
 from voicemesh.gateway.testing import WhipCaller
+from voicemesh.testkit.embedded import free_port
+from voicemesh.testkit.fixtures import ProcessTracker, ServiceProcess, wait_until
 
 SECRET = "worker-test-call-token-secret-0123456789"
 KEY = "worker-test-api-key-0123456789"

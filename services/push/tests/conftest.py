@@ -14,9 +14,10 @@ from nats.aio.msg import Msg
 
 from voicemesh.apnssim.certs import ProviderKeyPair, make_provider_key, make_tls_material
 from voicemesh.apnssim.server import ApnsSimulator, ProviderKey
-from voicemesh.common import MeshService, decode_event, streams, subjects
-from voicemesh.common.auth import ApiKeys
-from voicemesh.common.events import AnyEvent
+from voicemesh.common import MeshService, decode_event
+from voicemesh.common.contracts import streams, subjects
+from voicemesh.common.contracts.events import AnyEvent
+from voicemesh.common.runtime.auth import ApiKeys
 from voicemesh.push import PushSettings, create_app
 
 SECRET = "s" * 40

@@ -9,9 +9,9 @@ from datetime import UTC, datetime, timedelta
 from nats.aio.client import Client as NatsClient
 
 from voicemesh.apnssim.behaviours import Behaviour, token_for
-from voicemesh.common import subjects
-from voicemesh.common.events import PushJob, new_call_id
-from voicemesh.common.testing import dead_letters, wait_until
+from voicemesh.common.contracts import subjects
+from voicemesh.common.contracts.events import PushJob, new_call_id
+from voicemesh.testkit.fixtures import dead_letters, wait_until
 
 from .conftest import PushHarness
 

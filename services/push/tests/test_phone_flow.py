@@ -15,12 +15,12 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
 from voicemesh.apnssim.admin import admin_app
-from voicemesh.common import subjects
-from voicemesh.common.audio import AudioFrame, decode_frame, encode_frame, frame_bytes
-from voicemesh.common.embedded import free_port
-from voicemesh.common.events import CallRequested, new_call_id
-from voicemesh.common.testing import ProcessTracker, wait_until
+from voicemesh.common.contracts import subjects
+from voicemesh.common.contracts.audio import AudioFrame, decode_frame, encode_frame, frame_bytes
+from voicemesh.common.contracts.events import CallRequested, new_call_id
 from voicemesh.phone import SimulatedPhone
+from voicemesh.testkit.embedded import free_port
+from voicemesh.testkit.fixtures import ProcessTracker, wait_until
 
 from .conftest import BUNDLE, SECRET, PushHarness
 

@@ -13,17 +13,17 @@ import pytest
 from nats.aio.client import Client as NatsClient
 
 from voicemesh.apnssim.behaviours import Behaviour, token_for
-from voicemesh.common import streams, subjects
-from voicemesh.common.errors import InvalidMessage
-from voicemesh.common.events import (
+from voicemesh.common.contracts import streams, subjects
+from voicemesh.common.contracts.errors import InvalidMessage
+from voicemesh.common.contracts.events import (
     CallEnded,
     CallRequested,
     EndReason,
     new_call_id,
 )
-from voicemesh.common.testing import dead_letters, wait_until
-from voicemesh.common.tokens import verify_call_token
+from voicemesh.common.runtime.tokens import verify_call_token
 from voicemesh.push.ringer import build_payload
+from voicemesh.testkit.fixtures import dead_letters, wait_until
 
 from .conftest import BUNDLE, SECRET, PushHarness
 

@@ -16,11 +16,14 @@ import pytest
 from nats.aio.client import Client as NatsClient
 from nats.js.client import JetStreamContext
 
-from voicemesh.common import DeadLetter, MeshService, SmsJob, streams, subjects
-from voicemesh.common.testing import wait_until
-from voicemesh.common.tools import SmsStatus, ToolClient, job_event_id
+from voicemesh.common import DeadLetter, MeshService, SmsJob
+from voicemesh.common.contracts import streams, subjects
+from voicemesh.common.contracts.events import SmsStatus
+from voicemesh.common.contracts.ids import derived_id
+from voicemesh.common.runtime.tools import ToolClient
 from voicemesh.sms import SmsSettings, create_app
 from voicemesh.sms.app import twilio_signature
+from voicemesh.testkit.fixtures import wait_until
 
 API_KEY = "sms-test-key-0123456789abc"
 PHONE = "+15555550123"
@@ -347,4 +350,4 @@ async def test_api_needs_the_tenant_key(start_sms: StartSms) -> None:
     assert (await sms.http.get("/v1/nobody/messages")).status_code == 404
     bad = await sms.http.post(f"/v1/{sms.tenant}/opt-outs", json={"phone": "not-a-phone"})
     assert bad.status_code == 422
-    assert job_event_id(sms.tenant, "k") == job_event_id(sms.tenant, "k")
+    assert derived_id(sms.tenant, "k") == derived_id(sms.tenant, "k")

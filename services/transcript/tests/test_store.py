@@ -6,8 +6,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from voicemesh.common.db import Database
-from voicemesh.common.events import Speaker, TranscriptSegment
+from voicemesh.common.contracts.events import Speaker, TranscriptSegment
+from voicemesh.common.runtime.db import Database
 from voicemesh.transcript.store import SearchQuery, TranscriptStore
 
 

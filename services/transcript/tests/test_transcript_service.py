@@ -15,8 +15,9 @@ from collections.abc import Callable
 import httpx
 from nats.aio.client import Client as NatsClient
 
-from voicemesh.common import DeadLetter, Speaker, TranscriptSegment, streams, subjects
-from voicemesh.common.testing import OtlpReceiver, ProcessTracker, wait_until
+from voicemesh.common import DeadLetter, Speaker, TranscriptSegment
+from voicemesh.common.contracts import streams, subjects
+from voicemesh.testkit.fixtures import OtlpReceiver, ProcessTracker, wait_until
 
 HC_KEY = "hc-transcript-key-0123456789"
 SALON_KEY = "salon-transcript-key-0123456789"

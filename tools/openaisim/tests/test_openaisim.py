@@ -20,9 +20,9 @@ import openai
 import pytest
 from openai import AsyncOpenAI
 
-from voicemesh.common.embedded import free_port
-from voicemesh.common.testing import ProcessTracker, ServiceProcess
 from voicemesh.openaisim.script import Message, Text, ToolCall, answer
+from voicemesh.testkit.embedded import free_port
+from voicemesh.testkit.fixtures import ProcessTracker, ServiceProcess
 
 KEY = "sk-test-openaisim"
 BOOKING = "i would like to book a haircut tomorrow at three p m for mary jones"

@@ -1,20 +1,20 @@
-"""voicemesh.common: what every voicemesh service shares.
+"""voicemesh.common: what every voicemesh service shares, in two layers.
 
-Settings, the wire contract (event models and subjects), JetStream streams, the error
-tree, telemetry, the service runtime and the binary audio frame codec. A service imports
-only this package and its own code, never another service.
+* ``voicemesh.common.contracts``: what travels between services. Wire events, subjects,
+  streams and consumers, tool argument and result models, ids, the error tree, tenancy and
+  the binary audio frame. Pure data and pure functions: no I/O.
+* ``voicemesh.common.runtime``: how a service runs on the mesh. Settings and API keys, the
+  one NATS ``connect()``, the delivery policy, the JetStream publisher, the service
+  skeleton, telemetry, the tool server and client, databases.
+
+A service imports only this package and its own code, never another service. Test helpers
+live in the development-only ``voicemesh.testkit``; no production package imports it.
+See docs/architecture.md.
 """
 
-from voicemesh.common import subjects
-from voicemesh.common.audio import AudioFrame, AudioFrameError, decode_frame, encode_frame
-from voicemesh.common.bus import (
-    DeadLetterMiddleware,
-    EventPublisher,
-    make_broker,
-    stream_for,
-    subscribe_durable,
-)
-from voicemesh.common.errors import (
+from voicemesh.common.contracts import subjects
+from voicemesh.common.contracts.audio import AudioFrame, AudioFrameError, decode_frame, encode_frame
+from voicemesh.common.contracts.errors import (
     Category,
     Conflict,
     DeadlineExceeded,
@@ -28,12 +28,14 @@ from voicemesh.common.errors import (
     UnknownTenant,
     category_of,
 )
-from voicemesh.common.events import (
+from voicemesh.common.contracts.events import (
     AnyEvent,
+    AppointmentChanged,
     CallAnswered,
     CallConnected,
     CallEnded,
     CallFailed,
+    CallHandedOff,
     CallMissed,
     CallRequested,
     CallRinging,
@@ -43,9 +45,11 @@ from voicemesh.common.events import (
     EndReason,
     Envelope,
     FailureReason,
+    HandoffReason,
     LifecycleEvent,
     PushJob,
     SmsJob,
+    SmsStatus,
     Speaker,
     ToolError,
     ToolErrorCode,
@@ -55,25 +59,39 @@ from voicemesh.common.events import (
     TranscriptSegment,
     decode_event,
     encode_event,
+    event_types,
     new_call_id,
     new_event_id,
 )
-from voicemesh.common.service import MeshService, run, setup_process
-from voicemesh.common.settings import ServiceSettings
-from voicemesh.common.streams import CONSUMERS, STREAMS, ConsumerSpec, StreamSpec
-from voicemesh.common.telemetry import Telemetry, setup_telemetry
-from voicemesh.common.tenancy import Tenant, TenantRegistry, Vertical
+from voicemesh.common.contracts.ids import derived_id, message_id
+from voicemesh.common.contracts.streams import (
+    CONSUMERS,
+    STREAMS,
+    ConsumerSpec,
+    StreamSpec,
+    stream_for,
+)
+from voicemesh.common.contracts.tenancy import Tenant, TenantRegistry, Vertical
+from voicemesh.common.runtime.bus import DeadLetterMiddleware, make_broker, subscribe_durable
+from voicemesh.common.runtime.connection import connect
+from voicemesh.common.runtime.delivery import Delivery
+from voicemesh.common.runtime.publisher import JetStreamPublisher
+from voicemesh.common.runtime.service import MeshService, run, setup_process
+from voicemesh.common.runtime.settings import NatsSettings, ServiceSettings
+from voicemesh.common.runtime.telemetry import Telemetry, setup_telemetry
 
 __all__ = [
     "CONSUMERS",
     "STREAMS",
     "AnyEvent",
+    "AppointmentChanged",
     "AudioFrame",
     "AudioFrameError",
     "CallAnswered",
     "CallConnected",
     "CallEnded",
     "CallFailed",
+    "CallHandedOff",
     "CallMissed",
     "CallRequested",
     "CallRinging",
@@ -85,19 +103,23 @@ __all__ = [
     "DeadLetter",
     "DeadLetterMiddleware",
     "DeadlineExceeded",
+    "Delivery",
     "EndReason",
     "Envelope",
-    "EventPublisher",
     "FailureReason",
+    "HandoffReason",
     "InvalidMessage",
+    "JetStreamPublisher",
     "LifecycleEvent",
     "MeshError",
     "MeshService",
+    "NatsSettings",
     "NotFound",
     "PermanentError",
     "PushJob",
     "ServiceSettings",
     "SmsJob",
+    "SmsStatus",
     "Speaker",
     "StreamSpec",
     "Telemetry",
@@ -115,11 +137,15 @@ __all__ = [
     "UnknownTenant",
     "Vertical",
     "category_of",
+    "connect",
     "decode_event",
     "decode_frame",
+    "derived_id",
     "encode_event",
     "encode_frame",
+    "event_types",
     "make_broker",
+    "message_id",
     "new_call_id",
     "new_event_id",
     "run",

@@ -20,9 +20,9 @@ from voicemesh.agent.providers.offline import EspeakSynthesizer, OfflineProvider
 from voicemesh.agent.session import CallSession
 from voicemesh.agent.settings import AgentSettings
 from voicemesh.common import MeshService, subscribe_durable
-from voicemesh.common.events import CallConnected, CallEnded, LifecycleEvent
-from voicemesh.common.streams import consumer
-from voicemesh.common.tools import ToolClient
+from voicemesh.common.contracts.events import CallConnected, CallEnded, LifecycleEvent
+from voicemesh.common.contracts.streams import consumer
+from voicemesh.common.runtime.tools import ToolClient
 
 __all__ = ["AgentRuntime", "AgentService", "create_app"]
 

@@ -36,10 +36,9 @@ from voicemesh.agent.providers.base import (
 )
 from voicemesh.agent.speech import resample
 from voicemesh.agent.turns import TurnDetector, TurnSignal
-from voicemesh.common import subjects
-from voicemesh.common.audio import AudioFrame, AudioFrameError, decode_frame, encode_frame
-from voicemesh.common.bus import EventPublisher
-from voicemesh.common.events import (
+from voicemesh.common.contracts import subjects
+from voicemesh.common.contracts.audio import AudioFrame, AudioFrameError, decode_frame, encode_frame
+from voicemesh.common.contracts.events import (
     ControlCommand,
     ControlMessage,
     Speaker,
@@ -47,6 +46,7 @@ from voicemesh.common.events import (
     TranscriptSegment,
     new_event_id,
 )
+from voicemesh.common.runtime.publisher import JetStreamPublisher
 
 __all__ = ["CallSession", "TurnTiming"]
 
@@ -92,7 +92,7 @@ class CallSession:
         self,
         *,
         nc: NatsClient,
-        events: EventPublisher,
+        events: JetStreamPublisher,
         context: CallContext,
         provider: Provider,
         fallback: Synthesizer,

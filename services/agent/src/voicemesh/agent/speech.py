@@ -1,6 +1,6 @@
 """Offline speech: eSpeak NG (text to speech) and pocketsphinx (speech to text) from wheels.
 
-eSpeak NG is the process-wide engine of ``voicemesh.common.speech`` (the C library keeps
+eSpeak NG is the process-wide engine of ``voicemesh.common.runtime.speech`` (the C library keeps
 global state, so every component of a process shares it). Pocketsphinx decoders take ~0.2 s
 to load, and loading holds the GIL (~0.35 s of event-loop stall here, even from a worker
 thread: every other call's audio would stall with it), so a pool per grammar is filled at
@@ -14,7 +14,7 @@ from collections import defaultdict
 
 from pocketsphinx import Decoder
 
-from voicemesh.common.speech import EspeakEngine, espeak, resample, speak
+from voicemesh.common.runtime.speech import EspeakEngine, espeak, resample, speak
 
 __all__ = [
     "DECODER_CONFIG",

@@ -23,9 +23,9 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from voicemesh.agent.speech import espeak, resample
-from voicemesh.common import subjects
-from voicemesh.common.audio import AudioFrame, decode_frame, encode_frame
-from voicemesh.common.events import (
+from voicemesh.common.contracts import subjects
+from voicemesh.common.contracts.audio import AudioFrame, decode_frame, encode_frame
+from voicemesh.common.contracts.events import (
     ControlMessage,
     ToolError,
     ToolErrorCode,

@@ -16,9 +16,9 @@ from pydantic import BaseModel
 from voicemesh.audit.models import AuditRecord
 from voicemesh.audit.store import AuditStore, RecordQuery
 from voicemesh.audit.verify import verify_chain
-from voicemesh.common.auth import ApiKeys, tenant_guard
-from voicemesh.common.events import CALL_ID_PATTERN
-from voicemesh.common.tenancy import TenantRegistry
+from voicemesh.common.contracts.events import CALL_ID_PATTERN
+from voicemesh.common.contracts.tenancy import TenantRegistry
+from voicemesh.common.runtime.auth import ApiKeys, tenant_guard
 
 __all__ = ["AuditRecordOut", "audit_router"]
 

@@ -14,9 +14,9 @@ from voicemesh.audit.ingest import AuditIngest
 from voicemesh.audit.settings import AuditSettings
 from voicemesh.audit.store import AuditStore, ChainWriter
 from voicemesh.common import MeshService
-from voicemesh.common.auth import ApiKeys
-from voicemesh.common.db import Database
-from voicemesh.common.streams import consumer
+from voicemesh.common.contracts.streams import consumer
+from voicemesh.common.runtime.auth import ApiKeys
+from voicemesh.common.runtime.db import Database
 
 __all__ = ["CONSUMER_PURPOSES", "create_app"]
 

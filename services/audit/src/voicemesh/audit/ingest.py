@@ -26,23 +26,23 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from voicemesh.audit.chain import ChainEntry, canonical_json, iso_timestamp
 from voicemesh.audit.store import ChainWriter
-from voicemesh.common import subjects
-from voicemesh.common.bus import EventPublisher
-from voicemesh.common.errors import (
+from voicemesh.common.contracts import subjects
+from voicemesh.common.contracts.errors import (
     Category,
     InvalidMessage,
     PermanentError,
     UnknownTenant,
     category_of,
 )
-from voicemesh.common.events import (
+from voicemesh.common.contracts.events import (
     CALL_ID_PATTERN,
     DeadLetter,
     decode_event,
     event_schemas,
 )
-from voicemesh.common.streams import STREAMS, ConsumerSpec
-from voicemesh.common.tenancy import TENANT_ID_PATTERN, TenantRegistry
+from voicemesh.common.contracts.streams import STREAMS, ConsumerSpec
+from voicemesh.common.contracts.tenancy import TENANT_ID_PATTERN, TenantRegistry
+from voicemesh.common.runtime.publisher import JetStreamPublisher
 
 __all__ = ["AuditIngest", "parse_message"]
 
@@ -230,7 +230,9 @@ class AuditIngest:
             payload_truncated=len(body) > MAX_DLQ_PAYLOAD,
         )
         try:
-            await EventPublisher(self._broker).publish(entry, subjects.dead_letter(entry.tenant))
+            await JetStreamPublisher(self._broker).publish(
+                entry, subjects.dead_letter(entry.tenant)
+            )
         except Exception:
             log.exception("could not publish a dead letter; leaving the message for redelivery")
             await msg.nak(delay=5.0)

@@ -22,8 +22,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from voicemesh.audit.chain import GENESIS, ChainEntry, iso_timestamp, row_hash
 from voicemesh.audit.models import HEAD, LOG, AuditHead, AuditRecord
-from voicemesh.common.db import Database
-from voicemesh.common.errors import UnavailableError
+from voicemesh.common.contracts.errors import UnavailableError
+from voicemesh.common.runtime.db import Database
 
 __all__ = ["AuditStore", "ChainWriter", "RecordQuery"]
 

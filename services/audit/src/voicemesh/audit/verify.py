@@ -17,7 +17,7 @@ from sqlalchemy.exc import DBAPIError
 
 from voicemesh.audit.chain import GENESIS, row_hash
 from voicemesh.audit.models import HEAD, LOG, AuditHead, AuditRecord
-from voicemesh.common.db import Database
+from voicemesh.common.runtime.db import Database
 
 __all__ = ["ChainReport", "main", "verify_chain", "verify_database"]
 

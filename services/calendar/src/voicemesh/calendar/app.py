@@ -18,13 +18,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from voicemesh.calendar.reminders import ReminderScheduler
 from voicemesh.calendar.settings import CalendarSettings
 from voicemesh.calendar.store import Calendar, Hours
-from voicemesh.common import MeshService, UnavailableError, subjects
-from voicemesh.common.auth import ApiKeys, tenant_guard
-from voicemesh.common.db import Database
-from voicemesh.common.events import new_event_id
-from voicemesh.common.tools import (
+from voicemesh.common import MeshService, UnavailableError
+from voicemesh.common.contracts import subjects
+from voicemesh.common.contracts.events import AppointmentChanged, new_event_id
+from voicemesh.common.contracts.ids import derived_id
+from voicemesh.common.contracts.tools import (
     TOOLS,
-    AppointmentChanged,
     AppointmentResult,
     AppointmentsResult,
     AvailabilityArgs,
@@ -33,10 +32,10 @@ from voicemesh.common.tools import (
     CancelArgs,
     ListAppointmentsArgs,
     RescheduleArgs,
-    ToolCall,
-    ToolServer,
-    job_event_id,
 )
+from voicemesh.common.runtime.auth import ApiKeys, tenant_guard
+from voicemesh.common.runtime.db import Database
+from voicemesh.common.runtime.tools import ToolCall, ToolServer
 
 __all__ = ["HoursIn", "create_app"]
 
@@ -114,7 +113,7 @@ def create_app(settings: CalendarSettings) -> MeshService:
         # Announced on an idempotent retry too: a crash may have come between the commit and
         # the event (found by tests/chaos). The id is the booking's own, so JetStream, audit
         # and crm drop the repeat.
-        booked_id = job_event_id(call.tenant.id, f"booked:{result.appointment.appointment_id}")
+        booked_id = derived_id(call.tenant.id, f"booked:{result.appointment.appointment_id}")
         await announce(call, result, "booked", event_id=booked_id)
         return result
 

@@ -37,7 +37,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from voicemesh.calendar.models import Appointment, Reminder
 from voicemesh.common import UnavailableError
-from voicemesh.common.db import Database
+from voicemesh.common.runtime.db import Database
 
 __all__ = ["BookingWriter"]
 

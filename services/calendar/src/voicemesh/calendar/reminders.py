@@ -15,8 +15,9 @@ from zoneinfo import ZoneInfo
 
 from voicemesh.calendar.models import Appointment, Reminder
 from voicemesh.calendar.store import Calendar, from_db
-from voicemesh.common import EventPublisher, SmsJob, subjects
-from voicemesh.common.tools import job_event_id
+from voicemesh.common import JetStreamPublisher, SmsJob
+from voicemesh.common.contracts import subjects
+from voicemesh.common.contracts.ids import derived_id
 
 __all__ = ["ReminderScheduler", "reminder_key"]
 
@@ -30,7 +31,7 @@ def reminder_key(appointment: Appointment) -> str:
 class ReminderScheduler:
     """Owns the polling task: ``start()`` launches it, ``stop()`` cancels and awaits it."""
 
-    def __init__(self, calendar: Calendar, events: EventPublisher, *, poll_s: float) -> None:
+    def __init__(self, calendar: Calendar, events: JetStreamPublisher, *, poll_s: float) -> None:
         self._calendar = calendar
         self._events = events
         self._poll_s = poll_s
@@ -74,7 +75,7 @@ class ReminderScheduler:
         local = from_db(appointment.slot_start).astimezone(ZoneInfo(hours.time_zone))
         key = reminder_key(appointment)
         job = SmsJob(
-            event_id=job_event_id(appointment.tenant, key),
+            event_id=derived_id(appointment.tenant, key),
             tenant=appointment.tenant,
             call_id=appointment.call_id,
             source="calendar",

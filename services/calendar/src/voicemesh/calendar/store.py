@@ -26,9 +26,8 @@ from voicemesh.calendar.bookings import BookingWriter
 from voicemesh.calendar.models import Appointment, BusinessHours, Reminder, new_id
 from voicemesh.calendar.settings import WEEKDAYS, CalendarSettings
 from voicemesh.common import NotFound, TenantRegistry, UnavailableError
-from voicemesh.common.db import Database
-from voicemesh.common.events import ToolErrorCode
-from voicemesh.common.tools import (
+from voicemesh.common.contracts.events import ToolErrorCode
+from voicemesh.common.contracts.tools import (
     AppointmentInfo,
     AppointmentResult,
     AppointmentsResult,
@@ -39,6 +38,7 @@ from voicemesh.common.tools import (
     Slot,
     ToolFailure,
 )
+from voicemesh.common.runtime.db import Database
 
 __all__ = ["Calendar", "Hours", "from_db", "to_db"]
 

@@ -26,16 +26,13 @@ from voicemesh.common import (
     NotFound,
     UnavailableError,
     UnknownTenant,
-    streams,
-    subjects,
     subscribe_durable,
 )
-from voicemesh.common.auth import ApiKeys, tenant_guard
-from voicemesh.common.db import Database
-from voicemesh.common.tools import (
+from voicemesh.common.contracts import streams, subjects
+from voicemesh.common.contracts.events import AppointmentChanged, SmsStatus
+from voicemesh.common.contracts.tools import (
     TOOLS,
     AddNoteArgs,
-    AppointmentChanged,
     Claim,
     ConflictCheckArgs,
     ConflictCheckResult,
@@ -51,11 +48,11 @@ from voicemesh.common.tools import (
     NoteResult,
     Policy,
     SearchListingsArgs,
-    SmsStatus,
-    ToolCall,
-    ToolServer,
     UpsertContactArgs,
 )
+from voicemesh.common.runtime.auth import ApiKeys, tenant_guard
+from voicemesh.common.runtime.db import Database
+from voicemesh.common.runtime.tools import ToolCall, ToolServer
 from voicemesh.crm.settings import CrmSettings
 from voicemesh.crm.store import Crm, contact_info
 

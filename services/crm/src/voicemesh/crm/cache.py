@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 
-from voicemesh.common.tools import ContactInfo
+from voicemesh.common.contracts.tools import ContactInfo
 
 __all__ = ["LookupCache"]
 

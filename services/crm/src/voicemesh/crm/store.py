@@ -20,9 +20,8 @@ from sqlmodel import SQLModel, col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from voicemesh.common import NotFound, UnavailableError
-from voicemesh.common.db import Database
-from voicemesh.common.events import ToolErrorCode
-from voicemesh.common.tools import (
+from voicemesh.common.contracts.events import ToolErrorCode
+from voicemesh.common.contracts.tools import (
     AddNoteArgs,
     ConflictCheckArgs,
     ConflictCheckResult,
@@ -39,10 +38,11 @@ from voicemesh.common.tools import (
     ToolFailure,
     UpsertContactArgs,
 )
-from voicemesh.common.tools import Claim as ClaimOut
-from voicemesh.common.tools import Interaction as InteractionOut
-from voicemesh.common.tools import Listing as ListingOut
-from voicemesh.common.tools import Policy as PolicyOut
+from voicemesh.common.contracts.tools import Claim as ClaimOut
+from voicemesh.common.contracts.tools import Interaction as InteractionOut
+from voicemesh.common.contracts.tools import Listing as ListingOut
+from voicemesh.common.contracts.tools import Policy as PolicyOut
+from voicemesh.common.runtime.db import Database
 from voicemesh.crm.cache import LookupCache
 from voicemesh.crm.models import (
     CallLink,

@@ -37,11 +37,11 @@ from prometheus_client import Gauge
 from redis.asyncio import Redis
 
 from voicemesh.common import EndReason, MeshService, Unauthorized, new_call_id
-from voicemesh.common.auth import ApiKeys
-from voicemesh.common.ratelimit import SlidingWindowLimiter, too_many_requests
-from voicemesh.common.telemetry import trace_context_from
-from voicemesh.common.tenancy import TenantRegistry
-from voicemesh.common.tokens import CallClaims, issue_call_token, verify_call_token
+from voicemesh.common.contracts.tenancy import TenantRegistry
+from voicemesh.common.runtime.auth import ApiKeys
+from voicemesh.common.runtime.ratelimit import SlidingWindowLimiter, too_many_requests
+from voicemesh.common.runtime.telemetry import trace_context_from
+from voicemesh.common.runtime.tokens import CallClaims, issue_call_token, verify_call_token
 from voicemesh.gateway._tasks import LoopLagMonitor
 from voicemesh.gateway.calls import CallManager, OfferRejected, validate_offer
 from voicemesh.gateway.media import patch_aiortc

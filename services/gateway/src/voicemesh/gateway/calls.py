@@ -50,8 +50,8 @@ from voicemesh.common import (
     Envelope,
     InvalidMessage,
     TranscriptSegment,
-    subjects,
 )
+from voicemesh.common.contracts import subjects
 from voicemesh.gateway._tasks import cancel_and_wait
 from voicemesh.gateway.media import AgentAudioTrack, CallerAudio, Playout
 

@@ -31,7 +31,7 @@ from aiortc.mediastreams import MediaStreamError
 from av import AudioFrame as AvFrame
 from av import AudioResampler, CodecContext
 
-from voicemesh.common.audio import AudioFrame, decode_frame, encode_frame
+from voicemesh.common.contracts.audio import AudioFrame, decode_frame, encode_frame
 from voicemesh.gateway._tasks import cancel_and_wait
 
 __all__ = [

@@ -27,8 +27,9 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from voicemesh.common import decode_frame, subjects
-from voicemesh.common.audio import AudioFrame
+from voicemesh.common import decode_frame
+from voicemesh.common.contracts import subjects
+from voicemesh.common.contracts.audio import AudioFrame
 from voicemesh.gateway._tasks import cancel_and_wait
 
 __all__ = ["EchoAgent", "ToneTrack", "WhipCaller", "dominant_frequency", "rms"]

@@ -10,10 +10,10 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Response, status
 from fastapi import Path as PathParam
 from pydantic import BaseModel, ConfigDict, Field
 
-from voicemesh.common.auth import ApiKeys, tenant_guard
-from voicemesh.common.errors import UnavailableError
-from voicemesh.common.ratelimit import SlidingWindowLimiter, too_many_requests
-from voicemesh.common.tenancy import TenantRegistry
+from voicemesh.common.contracts.errors import UnavailableError
+from voicemesh.common.contracts.tenancy import TenantRegistry
+from voicemesh.common.runtime.auth import ApiKeys, tenant_guard
+from voicemesh.common.runtime.ratelimit import SlidingWindowLimiter, too_many_requests
 from voicemesh.push.devices import TOKEN_PATTERN, DeviceRecord, DeviceRegistry
 
 __all__ = ["DeviceIn", "DeviceOut", "device_router"]

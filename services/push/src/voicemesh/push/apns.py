@@ -32,7 +32,7 @@ from aioapns.exceptions import ConnectionClosed, MaxAttemptsExceeded
 from h2.exceptions import ProtocolError
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
-from voicemesh.common.errors import InvalidMessage
+from voicemesh.common.contracts.errors import InvalidMessage
 
 __all__ = [
     "APPLE_HOSTS",

@@ -16,12 +16,13 @@ import nats as nats_py
 from nats.aio.client import Client as NatsClient
 from redis.asyncio import Redis
 
-from voicemesh.common import MeshService, streams, subjects, subscribe_durable
-from voicemesh.common.auth import ApiKeys
-from voicemesh.common.db import Database
-from voicemesh.common.errors import UnknownTenant
-from voicemesh.common.events import Envelope, PushJob
-from voicemesh.common.ratelimit import SlidingWindowLimiter
+from voicemesh.common import MeshService, subscribe_durable
+from voicemesh.common.contracts import streams, subjects
+from voicemesh.common.contracts.errors import UnknownTenant
+from voicemesh.common.contracts.events import Envelope, PushJob
+from voicemesh.common.runtime.auth import ApiKeys
+from voicemesh.common.runtime.db import Database
+from voicemesh.common.runtime.ratelimit import SlidingWindowLimiter
 from voicemesh.push.api import device_router
 from voicemesh.push.apns import ApnsPool, load_credentials
 from voicemesh.push.calls import CallStore

@@ -27,7 +27,7 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import NoScriptError, RedisError
 
-from voicemesh.common.errors import UnavailableError
+from voicemesh.common.contracts.errors import UnavailableError
 
 __all__ = ["CallState", "CallStore", "RingingCall"]
 

@@ -21,8 +21,8 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import Field, SQLModel, UniqueConstraint, col, select
 
-from voicemesh.common.db import Database
-from voicemesh.common.errors import UnavailableError
+from voicemesh.common.contracts.errors import UnavailableError
+from voicemesh.common.runtime.db import Database
 
 __all__ = ["TOKEN_PATTERN", "Device", "DeviceRecord", "DeviceRegistry", "Environment"]
 

@@ -32,10 +32,14 @@ from nats.js.client import JetStreamContext
 from opentelemetry.trace import Tracer
 from pydantic import ValidationError
 
-from voicemesh.common import subjects
-from voicemesh.common.bus import stream_for
-from voicemesh.common.errors import Category, InvalidMessage, UnavailableError, category_of
-from voicemesh.common.events import (
+from voicemesh.common.contracts import subjects
+from voicemesh.common.contracts.errors import (
+    Category,
+    InvalidMessage,
+    UnavailableError,
+    category_of,
+)
+from voicemesh.common.contracts.events import (
     CallAnswered,
     CallConnected,
     CallEnded,
@@ -43,8 +47,8 @@ from voicemesh.common.events import (
     DeadLetter,
     Envelope,
 )
-from voicemesh.common.streams import ConsumerSpec
-from voicemesh.common.telemetry import inject_trace_headers, trace_context_from
+from voicemesh.common.contracts.streams import ConsumerSpec, stream_for
+from voicemesh.common.runtime.telemetry import inject_trace_headers, trace_context_from
 from voicemesh.push.ringer import PreparedRing, Ringer
 
 __all__ = ["JetStreamEvents", "LifecycleLanes", "TenantLane"]
@@ -70,7 +74,7 @@ class JetStreamEvents:
     """Publishes wire events to JetStream with nats-py: deduplicated by ``event_id``, trace
     context in the headers, confirmed (PubAck) within ``timeout_s``.
 
-    The hot-path twin of ``voicemesh.common.bus.EventPublisher``: it pipelines publishes
+    The hot-path twin of ``voicemesh.common.runtime.bus.JetStreamPublisher``: it pipelines publishes
     (``publish_async``) instead of paying FastStream's publish pipeline for each one.
     """
 

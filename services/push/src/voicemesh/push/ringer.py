@@ -2,7 +2,7 @@
 
 ``Ringer`` handles the call lifecycle events the push service consumes; ``RingTimeouts``
 is the background task that turns an unanswered ring into ``CallMissed`` and the
-missed-call text. Both publish through the service's ``EventPublisher``.
+missed-call text. Both publish through the service's ``JetStreamPublisher``.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from voicemesh.common import subjects
-from voicemesh.common.errors import InvalidMessage, MeshError, UnavailableError
-from voicemesh.common.events import (
+from voicemesh.common.contracts import subjects
+from voicemesh.common.contracts.errors import InvalidMessage, MeshError, UnavailableError
+from voicemesh.common.contracts.events import (
     CallEnded,
     CallFailed,
     CallMissed,
@@ -34,9 +34,9 @@ from voicemesh.common.events import (
     PushJob,
     SmsJob,
 )
-from voicemesh.common.telemetry import inject_trace_headers
-from voicemesh.common.tenancy import TenantRegistry
-from voicemesh.common.tokens import issue_call_token
+from voicemesh.common.contracts.tenancy import TenantRegistry
+from voicemesh.common.runtime.telemetry import inject_trace_headers
+from voicemesh.common.runtime.tokens import issue_call_token
 from voicemesh.push.apns import ApnsPool, PushResult
 from voicemesh.push.calls import CallStore, RingingCall
 from voicemesh.push.devices import DeviceRecord, DeviceRegistry

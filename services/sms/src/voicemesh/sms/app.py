@@ -27,21 +27,14 @@ from voicemesh.common import (
     SmsJob,
     UnavailableError,
     UnknownTenant,
-    streams,
-    subjects,
     subscribe_durable,
 )
-from voicemesh.common.auth import ApiKeys, tenant_guard
-from voicemesh.common.db import Database
-from voicemesh.common.tools import (
-    PHONE_PATTERN,
-    TOOLS,
-    SendSmsArgs,
-    SendSmsResult,
-    ToolCall,
-    ToolServer,
-    job_event_id,
-)
+from voicemesh.common.contracts import streams, subjects
+from voicemesh.common.contracts.ids import derived_id
+from voicemesh.common.contracts.tools import PHONE_PATTERN, TOOLS, SendSmsArgs, SendSmsResult
+from voicemesh.common.runtime.auth import ApiKeys, tenant_guard
+from voicemesh.common.runtime.db import Database
+from voicemesh.common.runtime.tools import ToolCall, ToolServer
 from voicemesh.sms.models import SmsMessage
 from voicemesh.sms.providers import OutboxProvider, SmsProvider, TwilioProvider
 from voicemesh.sms.sender import RateLimiter, SmsSender
@@ -158,7 +151,7 @@ def create_app(settings: SmsSettings) -> MeshService:
         if await sender.opted_out(tenant, args.to):
             return SendSmsResult(idempotency_key=args.idempotency_key, queued=False)
         job = SmsJob(
-            event_id=job_event_id(tenant, args.idempotency_key),
+            event_id=derived_id(tenant, args.idempotency_key),
             tenant=tenant,
             call_id=call.call_id,
             source="sms",

@@ -23,9 +23,10 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from voicemesh.common import EventPublisher, SmsJob, UnavailableError, subjects
-from voicemesh.common.db import Database
-from voicemesh.common.tools import SmsStatus
+from voicemesh.common import JetStreamPublisher, SmsJob, UnavailableError
+from voicemesh.common.contracts import subjects
+from voicemesh.common.contracts.events import SmsStatus
+from voicemesh.common.runtime.db import Database
 from voicemesh.sms.models import OptOut, SmsMessage
 from voicemesh.sms.providers import ProviderRejected, SmsProvider
 
@@ -86,7 +87,7 @@ class SmsSender:
         db: Database,
         provider: SmsProvider,
         limiter: RateLimiter,
-        events: EventPublisher,
+        events: JetStreamPublisher,
         *,
         sender_id: str,
         status_callback: Callable[[str], str | None] = lambda _tenant: None,

@@ -16,9 +16,9 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query, Response, st
 from opentelemetry.trace import Tracer
 from pydantic import BaseModel
 
-from voicemesh.common.auth import ApiKeys, tenant_guard
-from voicemesh.common.events import CALL_ID_PATTERN, Speaker
-from voicemesh.common.tenancy import TenantRegistry
+from voicemesh.common.contracts.events import CALL_ID_PATTERN, Speaker
+from voicemesh.common.contracts.tenancy import TenantRegistry
+from voicemesh.common.runtime.auth import ApiKeys, tenant_guard
 from voicemesh.transcript.export import as_json, as_text, as_webvtt, segment_json
 from voicemesh.transcript.models import SegmentRow
 from voicemesh.transcript.store import SearchQuery, TranscriptStore

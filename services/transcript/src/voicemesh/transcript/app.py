@@ -14,13 +14,14 @@ from faststream import Context
 from faststream.nats.message import NatsMessage
 from pydantic import ValidationError
 
-from voicemesh.common import MeshService, subjects
-from voicemesh.common.auth import ApiKeys
-from voicemesh.common.bus import subscribe_durable
-from voicemesh.common.db import Database
-from voicemesh.common.errors import InvalidMessage, UnknownTenant
-from voicemesh.common.events import TranscriptSegment
-from voicemesh.common.streams import consumer
+from voicemesh.common import MeshService
+from voicemesh.common.contracts import subjects
+from voicemesh.common.contracts.errors import InvalidMessage, UnknownTenant
+from voicemesh.common.contracts.events import TranscriptSegment
+from voicemesh.common.contracts.streams import consumer
+from voicemesh.common.runtime.auth import ApiKeys
+from voicemesh.common.runtime.bus import subscribe_durable
+from voicemesh.common.runtime.db import Database
 from voicemesh.transcript.api import transcript_router
 from voicemesh.transcript.settings import TranscriptSettings
 from voicemesh.transcript.store import TranscriptStore

@@ -15,9 +15,9 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError
 
-from voicemesh.common.db import Database
-from voicemesh.common.errors import UnavailableError
-from voicemesh.common.events import TranscriptSegment
+from voicemesh.common.contracts.errors import UnavailableError
+from voicemesh.common.contracts.events import TranscriptSegment
+from voicemesh.common.runtime.db import Database
 from voicemesh.transcript.models import SEGMENTS, SegmentRow
 
 __all__ = ["CallSummary", "SearchQuery", "TranscriptStore", "iso_timestamp"]

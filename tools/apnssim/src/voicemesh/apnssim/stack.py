@@ -12,8 +12,8 @@ import sys
 from typing import Any
 
 from voicemesh.apnssim.certs import make_provider_key, make_tls_material
-from voicemesh.common.embedded import free_port
-from voicemesh.common.tenancy import TenantRegistry
+from voicemesh.common.contracts.tenancy import TenantRegistry
+from voicemesh.testkit.embedded import free_port
 
 __all__ = ["DEMO_BUNDLE_ID", "extend_stack"]
 

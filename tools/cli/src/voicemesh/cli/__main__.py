@@ -19,8 +19,8 @@ from pathlib import Path
 import nats
 
 from voicemesh.cli.stack import SERVICES, StackOptions, run_stack
-from voicemesh.common import streams
-from voicemesh.common.events import event_schemas
+from voicemesh.common.contracts import streams
+from voicemesh.common.contracts.events import event_schemas
 
 
 def _up(args: argparse.Namespace) -> int:

@@ -29,8 +29,8 @@ import httpx
 import nats
 import yaml
 
-from voicemesh.common import subjects
-from voicemesh.common.events import (
+from voicemesh.common.contracts import subjects
+from voicemesh.common.contracts.events import (
     AnyEvent,
     CallConnected,
     CallEnded,
@@ -42,7 +42,7 @@ from voicemesh.common.events import (
     TranscriptSegment,
     new_call_id,
 )
-from voicemesh.common.tenancy import TenantRegistry
+from voicemesh.common.contracts.tenancy import TenantRegistry
 
 __all__ = ["CallOptions", "main", "place_call"]
 

@@ -24,8 +24,9 @@ from typing import Any, TextIO
 import httpx
 import nats
 
-from voicemesh.common import TenantRegistry, streams
-from voicemesh.common.embedded import EmbeddedServer, free_port, start_nats, start_redis
+from voicemesh.common import TenantRegistry
+from voicemesh.common.contracts import streams
+from voicemesh.testkit.embedded import EmbeddedServer, free_port, start_nats, start_redis
 
 __all__ = ["SERVICES", "Component", "Stack", "StackOptions", "run_stack"]
 

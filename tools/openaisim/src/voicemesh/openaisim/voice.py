@@ -2,7 +2,7 @@
 
 Independent of the agent on purpose: the simulator stands in for a third party, so it shares
 no code with the service it is used to test, only the process-wide eSpeak NG engine of
-``voicemesh.common.speech`` (the C library allows one per process). Transcription is real
+``voicemesh.common.runtime.speech`` (the C library allows one per process). Transcription is real
 recognition: with a list of expected phrases (``--phrases``) the recogniser uses a grammar of
 exactly those sentences, which is how tests get dependable text from synthetic speech;
 without one it uses pocketsphinx's general English model.
@@ -20,7 +20,7 @@ import numpy as np
 import pocketsphinx
 from pocketsphinx import Decoder
 
-from voicemesh.common.speech import resample, speak
+from voicemesh.common.runtime.speech import resample, speak
 
 __all__ = [
     "AudioError",
@@ -63,7 +63,7 @@ def pcm_from_wav(data: bytes) -> tuple[bytes, int]:
 
 
 class Voice:
-    """The process's eSpeak NG engine (``voicemesh.common.speech``), serialised there."""
+    """The process's eSpeak NG engine (``voicemesh.common.runtime.speech``), serialised there."""
 
     def speak(self, text: str, sample_rate: int, *, voice: str = "en-us", rate: int = 175) -> bytes:
         """Blocking: ``text`` as s16le mono PCM at ``sample_rate``."""

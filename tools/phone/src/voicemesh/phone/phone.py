@@ -31,7 +31,7 @@ from aiortc.contrib.media import MediaPlayer
 from aiortc.mediastreams import MediaStreamError
 from av import AudioFrame
 
-from voicemesh.common.speech import resample
+from voicemesh.common.runtime.speech import resample
 from voicemesh.phone.voice import CallerVoice, synthesize
 
 __all__ = [

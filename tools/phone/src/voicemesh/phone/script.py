@@ -20,9 +20,9 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from voicemesh.common import subjects
-from voicemesh.common.errors import InvalidMessage
-from voicemesh.common.events import (
+from voicemesh.common.contracts import subjects
+from voicemesh.common.contracts.errors import InvalidMessage
+from voicemesh.common.contracts.events import (
     AnyEvent,
     CallEnded,
     Speaker,

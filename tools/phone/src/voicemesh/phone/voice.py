@@ -4,7 +4,7 @@
 speech, then that speech, 20 ms frames at 48 kHz paced in real time, so a test or
 ``voicemesh call`` can answer each of the agent's replies as a person would.
 ``synthesize`` turns a line of text into PCM with the process's eSpeak NG engine
-(``voicemesh.common.speech``: the library ships in the ``espeakng-loader`` wheel).
+(``voicemesh.common.runtime.speech``: the library ships in the ``espeakng-loader`` wheel).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
 from av import AudioFrame, AudioResampler
 
-from voicemesh.common.speech import resample, speak
+from voicemesh.common.runtime.speech import resample, speak
 
 __all__ = ["VOICE_RATE", "CallerVoice", "resample", "synthesize"]
 

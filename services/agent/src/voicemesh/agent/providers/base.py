@@ -16,9 +16,9 @@ from datetime import datetime
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from voicemesh.agent.profiles import Profile
-from voicemesh.common.events import ToolResult
-from voicemesh.common.tenancy import Tenant
-from voicemesh.common.tools import ToolClient
+from voicemesh.common.contracts.events import ToolResult
+from voicemesh.common.contracts.tenancy import Tenant
+from voicemesh.common.runtime.tools import ToolClient
 
 __all__ = [
     "CallContext",

@@ -2,7 +2,7 @@
 
 A profile's tools (the ``service.name`` of every action and check it uses) are offered to
 the model as functions named ``<service>_<name>`` whose parameters are the tool's own
-argument model (``voicemesh.common.tools.TOOLS``) minus ``idempotency_key``, which the
+argument model (``voicemesh.common.contracts.tools.TOOLS``) minus ``idempotency_key``, which the
 agent supplies. A function call runs through the call's ``ToolClient`` over NATS, and the
 model reads back ``{"ok": true, "result": ...}`` or ``{"ok": false, "error": {...}}``.
 ``end_call`` lets the model hang up after its farewell. Arguments and results are never
@@ -20,7 +20,7 @@ from zoneinfo import ZoneInfo
 
 from voicemesh.agent.providers.base import CallContext
 from voicemesh.agent.templates import TemplateError, render
-from voicemesh.common.tools import TOOLS, ToolSpec
+from voicemesh.common.contracts.tools import TOOLS, ToolSpec
 
 __all__ = ["END_CALL", "FunctionOutcome", "ToolBox"]
 

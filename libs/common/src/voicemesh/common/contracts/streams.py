@@ -24,7 +24,7 @@ from nats.js.api import (
 from nats.js.client import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from voicemesh.common import subjects
+from voicemesh.common.contracts import subjects
 
 __all__ = [
     "CONSUMERS",
@@ -36,6 +36,7 @@ __all__ = [
     "consumer",
     "durable_name",
     "stream",
+    "stream_for",
 ]
 
 log = logging.getLogger(__name__)
@@ -165,6 +166,16 @@ CONSUMERS: tuple[ConsumerSpec, ...] = (
     ConsumerSpec("sms", "jobs", "SMS", "sms"),
     ConsumerSpec("agent", "calls", "CALLS", "lifecycle", ack_wait_s=10.0),
 )
+
+
+def stream_for(subject: str) -> str | None:
+    """The JetStream stream that stores ``subject``, or ``None`` for core-NATS subjects."""
+    parts = subject.split(".")
+    if len(parts) < 3 or parts[0] != subjects.ROOT:
+        return None
+    if parts[2] == "call" and len(parts) >= 5:
+        return {"lifecycle": "CALLS", "transcript": "TRANSCRIPTS"}.get(parts[4])
+    return {"event": "EVENTS", "push": "PUSH", "sms": "SMS", "dlq": "DLQ"}.get(parts[2])
 
 
 def stream(name: str) -> StreamSpec:

@@ -17,7 +17,7 @@ from pathlib import Path
 from fastapi import Header, HTTPException, status
 from fastapi import Path as PathParam
 
-from voicemesh.common.tenancy import TENANT_ID_PATTERN, TenantRegistry
+from voicemesh.common.contracts.tenancy import TENANT_ID_PATTERN, TenantRegistry
 
 __all__ = ["ApiKeys", "tenant_guard"]
 

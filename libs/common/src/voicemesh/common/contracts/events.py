@@ -3,28 +3,34 @@
 Each event carries one envelope (``event_id``, ``occurred_at``, ``tenant``, ``call_id``,
 ``source``, ``schema_version``) and a ``type`` literal that names it on the wire.
 ``decode_event`` turns bytes into the right model or raises ``InvalidMessage``.
+
+``AnyEvent`` is the registry: every event type any service publishes is in it, so
+``decode_event`` reads anything on the bus and ``make docs`` exports every schema
+(``tests/e2e`` checks the registry against the types seen during a call).
 """
 
 from __future__ import annotations
 
-import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Any, Literal, TypeAlias
+from typing import Annotated, Any, Literal, TypeAlias, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from voicemesh.common.errors import InvalidMessage
-from voicemesh.common.tenancy import TENANT_ID_PATTERN
+from voicemesh.common.contracts.errors import InvalidMessage, describe_validation_error
+from voicemesh.common.contracts.ids import new_id
+from voicemesh.common.contracts.tenancy import TENANT_ID_PATTERN
 
 __all__ = [
     "CALL_ID_PATTERN",
     "SCHEMA_VERSION",
     "AnyEvent",
+    "AppointmentChanged",
     "CallAnswered",
     "CallConnected",
     "CallEnded",
     "CallFailed",
+    "CallHandedOff",
     "CallMissed",
     "CallRequested",
     "CallRinging",
@@ -34,9 +40,11 @@ __all__ = [
     "EndReason",
     "Envelope",
     "FailureReason",
+    "HandoffReason",
     "LifecycleEvent",
     "PushJob",
     "SmsJob",
+    "SmsStatus",
     "Speaker",
     "ToolError",
     "ToolErrorCode",
@@ -46,7 +54,9 @@ __all__ = [
     "TranscriptSegment",
     "decode_event",
     "encode_event",
+    "event_models",
     "event_schemas",
+    "event_types",
     "new_call_id",
     "new_event_id",
 ]
@@ -59,11 +69,11 @@ CallId = Annotated[str, Field(pattern=CALL_ID_PATTERN)]
 
 
 def new_event_id() -> str:
-    return uuid.uuid4().hex
+    return new_id()
 
 
 def new_call_id() -> str:
-    return uuid.uuid4().hex
+    return new_id()
 
 
 def _now() -> datetime:
@@ -158,6 +168,22 @@ class CallFailed(_CallEvent):
     detail: str = Field(default="", max_length=512)
 
 
+class HandoffReason(StrEnum):
+    CALLER_ASKED = "caller_asked"
+    CRISIS = "crisis"
+    PROVIDER_FAILURE = "provider_failure"
+    NOT_UNDERSTOOD = "not_understood"
+    TOOL_FAILURE = "tool_failure"
+
+
+class CallHandedOff(_CallEvent):
+    """The agent handed the caller to a person (the tenant's staff call back or pick up)."""
+
+    type: Literal["call.handed_off"] = "call.handed_off"
+    reason: HandoffReason
+    detail: str = Field(default="", max_length=512)
+
+
 LifecycleEvent: TypeAlias = Annotated[
     CallRequested
     | CallRinging
@@ -165,7 +191,8 @@ LifecycleEvent: TypeAlias = Annotated[
     | CallConnected
     | CallEnded
     | CallMissed
-    | CallFailed,
+    | CallFailed
+    | CallHandedOff,
     Field(discriminator="type"),
 ]
 
@@ -282,6 +309,32 @@ class SmsJob(Envelope):
     purpose: str = Field(default="", max_length=64)
 
 
+# --- domain events the tool services publish (``vm.<tenant>.event.<kind>``) ----------------
+
+
+class AppointmentChanged(Envelope):
+    """An appointment was booked, moved or cancelled (``vm.<tenant>.event.appointment``)."""
+
+    type: Literal["appointment.changed"] = "appointment.changed"
+    appointment_id: str
+    change: Literal["booked", "rescheduled", "cancelled"]
+    start: datetime
+    phone: str | None = None
+    contact_id: str | None = None
+
+
+class SmsStatus(Envelope):
+    """What became of an SMS job (``vm.<tenant>.event.sms``)."""
+
+    type: Literal["sms.status"] = "sms.status"
+    idempotency_key: str
+    status: Literal["sent", "delivered", "failed", "opted_out", "undelivered"]
+    to: str
+    provider: str
+    provider_id: str | None = None
+    detail: str = Field(default="", max_length=512)
+
+
 # --- dead letters --------------------------------------------------------------------------
 
 
@@ -306,6 +359,7 @@ AnyEvent: TypeAlias = Annotated[
     | CallEnded
     | CallMissed
     | CallFailed
+    | CallHandedOff
     | TranscriptSegment
     | ControlMessage
     | ToolRequest
@@ -313,6 +367,8 @@ AnyEvent: TypeAlias = Annotated[
     | ToolEvent
     | PushJob
     | SmsJob
+    | AppointmentChanged
+    | SmsStatus
     | DeadLetter,
     Field(discriminator="type"),
 ]
@@ -329,37 +385,23 @@ def decode_event(data: bytes | str) -> AnyEvent:
     try:
         return _ANY_EVENT.validate_json(data)
     except ValidationError as exc:
-        raise InvalidMessage(_describe(exc)) from exc
+        raise InvalidMessage(describe_validation_error(exc)) from exc
 
 
-def _describe(exc: ValidationError) -> str:
-    errors = exc.errors(include_url=False, include_input=False)
-    parts = [f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in errors[:5]]
-    more = f" (+{len(errors) - 5} more)" if len(errors) > 5 else ""
-    return "; ".join(parts) + more
+def event_models() -> list[type[Envelope]]:
+    """Every registered event model, in registry order."""
+    (union, _discriminator) = get_args(AnyEvent)
+    return list(get_args(union))
+
+
+def event_types() -> set[str]:
+    """The wire ``type`` of every registered event."""
+    return {str(model.model_fields["type"].default) for model in event_models()}
 
 
 def event_schemas() -> dict[str, dict[str, Any]]:
     """JSON Schema of every wire event, keyed by its ``type``."""
-    models: list[type[Envelope]] = [
-        CallRequested,
-        CallRinging,
-        CallAnswered,
-        CallConnected,
-        CallEnded,
-        CallMissed,
-        CallFailed,
-        TranscriptSegment,
-        ControlMessage,
-        ToolRequest,
-        ToolResult,
-        ToolEvent,
-        PushJob,
-        SmsJob,
-        DeadLetter,
-    ]
-    schemas: dict[str, dict[str, Any]] = {}
-    for model in models:
-        type_name = model.model_fields["type"].default
-        schemas[str(type_name)] = model.model_json_schema()
-    return schemas
+    return {
+        str(model.model_fields["type"].default): model.model_json_schema()
+        for model in event_models()
+    }

@@ -27,10 +27,10 @@ from faststream.nats import NatsBroker
 from faststream.specification import AsyncAPI
 from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
 
-from voicemesh.common.bus import EventPublisher, make_broker
-from voicemesh.common.logs import configure_logging
-from voicemesh.common.settings import ServiceSettings
-from voicemesh.common.telemetry import Telemetry, setup_telemetry
+from voicemesh.common.runtime.bus import make_broker
+from voicemesh.common.runtime.logs import configure_logging
+from voicemesh.common.runtime.settings import ServiceSettings
+from voicemesh.common.runtime.telemetry import Telemetry, setup_telemetry
 
 __all__ = ["Hook", "MeshService", "run"]
 
@@ -57,8 +57,10 @@ class MeshService:
         self.tenants = settings.tenant_registry()
         self.telemetry = telemetry or setup_telemetry(name, otlp_endpoint=settings.otlp_endpoint)
         self.broker: NatsBroker
-        self.broker, self._dead_letters = make_broker(settings, self.telemetry, name=name)
-        self.events = EventPublisher(self.broker)
+        phi_tenants = {t.id for t in self.tenants if t.vertical.handles_phi}
+        self.broker, self.events, self.delivery = make_broker(
+            settings, self.telemetry, name=name, handles_phi=phi_tenants.__contains__
+        )
         self.faststream = FastStream(
             self.broker,
             specification=AsyncAPI(

@@ -1,4 +1,4 @@
-"""One fix to a library this mesh runs on, applied by ``voicemesh.common.bus`` on import.
+"""One fix to a library this mesh runs on, applied by ``voicemesh.common.runtime.bus`` on import.
 
 nats-py 2.16 (nats-io/nats.py#934) can end ``PullSubscription.fetch`` in the builtin
 ``TimeoutError`` where it otherwise raises ``nats.errors.TimeoutError``: when its no-wait

@@ -6,11 +6,16 @@ import logging
 import re
 import sys
 
-__all__ = ["RedactingFilter", "configure_logging"]
+__all__ = ["RedactingFilter", "configure_logging", "redact_phi"]
 
 _PHONE = re.compile(r"(?<![\w.:])(?:\+\d{7,15}|\(?\d{3}\)?[ .-]\d{3}[ .-]\d{4})(?![\w.:])")
 _EMAIL = re.compile(r"[\w.+-]+@[\w-]+\.[\w.-]+")
 _DATE = re.compile(r"\b(?:\d{4}-\d{2}-\d{2}|\d{1,2}/\d{1,2}/\d{2,4})\b")
+
+
+def redact_phi(text: str) -> str:
+    """``text`` with phone numbers, e-mail addresses and dates masked."""
+    return _DATE.sub("[date]", _EMAIL.sub("[email]", _PHONE.sub("[phone]", text)))
 
 
 class RedactingFilter(logging.Filter):
@@ -22,7 +27,7 @@ class RedactingFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        redacted = _DATE.sub("[date]", _EMAIL.sub("[email]", _PHONE.sub("[phone]", message)))
+        redacted = redact_phi(message)
         if redacted != message:
             record.msg, record.args = redacted, None
         return True

@@ -48,15 +48,15 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 
-from voicemesh.common import subjects
-from voicemesh.common.embedded import (
+from voicemesh.common.contracts import subjects
+from voicemesh.common.contracts.events import DeadLetter
+from voicemesh.testkit.embedded import (
     EmbeddedServer,
     free_port,
     start_nats,
     start_postgres,
     start_redis,
 )
-from voicemesh.common.events import DeadLetter
 
 __all__ = [
     "CollectedSpan",

@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlmodel import SQLModel
 
-from voicemesh.common.errors import UnavailableError
+from voicemesh.common.contracts.errors import UnavailableError
 
 __all__ = ["Database", "async_url"]
 

@@ -30,7 +30,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import Tracer
 from prometheus_client import CollectorRegistry
 
-from voicemesh.common.subjects import low_cardinality
+from voicemesh.common.contracts.subjects import low_cardinality
 
 if TYPE_CHECKING:
     from faststream.message import StreamMessage

@@ -13,23 +13,21 @@ from typing import Annotated
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from voicemesh.common.tenancy import TenantRegistry, Vertical, validate_tenant_id
+from voicemesh.common.contracts.tenancy import TenantRegistry, Vertical, validate_tenant_id
 
-__all__ = ["ServiceSettings"]
+__all__ = ["NatsSettings", "ServiceSettings"]
 
 
-class ServiceSettings(BaseSettings):
-    """Fields every voicemesh service has.
+class NatsSettings(BaseSettings):
+    """Where NATS is and who this process is to it: what ``runtime.connection.connect`` needs.
 
-    ``tenant`` is the tenant a per-tenant pod serves; ``"*"`` serves every tenant in
-    ``tenants`` (the local stack and the shared edge services do this).
+    ``tenant`` is the tenant a per-tenant process serves; ``"*"`` serves every tenant (the
+    local stack, the shared edge services, operator tools).
     """
 
     model_config = SettingsConfigDict(
         env_prefix="VOICEMESH_", extra="ignore", populate_by_name=True
     )
-
-    service_name: str = "voicemesh"
 
     nats_urls: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["nats://127.0.0.1:4222"],
@@ -40,29 +38,13 @@ class ServiceSettings(BaseSettings):
     nats_password: SecretStr | None = None
     nats_token: SecretStr | None = None
     nats_creds_file: str | None = None
-
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    database_url: SecretStr = Field(
-        default=SecretStr("sqlite+aiosqlite:///voicemesh.db"),
-        validation_alias=AliasChoices("VOICEMESH_DATABASE_URL", "DATABASE_URL"),
+    nats_tls_ca_file: str | None = Field(
+        default=None, description="CA bundle that signs the NATS servers' certificates"
     )
-    otlp_endpoint: str | None = Field(
-        default=None,
-        validation_alias=AliasChoices("VOICEMESH_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"),
-        description="OTLP/HTTP base URL, e.g. http://jaeger:4318; unset exports nothing",
-    )
+    nats_tls_cert_file: str | None = Field(default=None, description="client certificate (mTLS)")
+    nats_tls_key_file: str | None = None
 
     tenant: str = "*"
-    vertical: Vertical | None = None
-    tenants: Annotated[str, NoDecode] = Field(
-        default="",
-        description="'tenant:vertical,...'; empty means the six demo tenants",
-    )
-
-    log_level: str = "INFO"
-    http_host: str = "127.0.0.1"
-    http_port: int = Field(default=8000, ge=0, le=65535)
-    graceful_timeout: float = Field(default=10.0, gt=0)
 
     @field_validator("nats_urls", mode="before")
     @classmethod
@@ -75,6 +57,38 @@ class ServiceSettings(BaseSettings):
     @classmethod
     def _check_tenant(cls, value: str) -> str:
         return value if value == "*" else validate_tenant_id(value)
+
+
+class ServiceSettings(NatsSettings):
+    """Fields every voicemesh service has.
+
+    ``tenant`` is the tenant a per-tenant pod serves; ``"*"`` serves every tenant in
+    ``tenants`` (the local stack and the shared edge services do this).
+    """
+
+    service_name: str = "voicemesh"
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    database_url: SecretStr = Field(
+        default=SecretStr("sqlite+aiosqlite:///voicemesh.db"),
+        validation_alias=AliasChoices("VOICEMESH_DATABASE_URL", "DATABASE_URL"),
+    )
+    otlp_endpoint: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("VOICEMESH_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"),
+        description="OTLP/HTTP base URL, e.g. http://jaeger:4318; unset exports nothing",
+    )
+
+    vertical: Vertical | None = None
+    tenants: Annotated[str, NoDecode] = Field(
+        default="",
+        description="'tenant:vertical,...'; empty means the six demo tenants",
+    )
+
+    log_level: str = "INFO"
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=8000, ge=0, le=65535)
+    graceful_timeout: float = Field(default=10.0, gt=0)
 
     @field_validator("log_level")
     @classmethod

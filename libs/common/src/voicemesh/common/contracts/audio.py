@@ -21,7 +21,7 @@ import struct
 import time
 from dataclasses import dataclass
 
-from voicemesh.common.errors import InvalidMessage
+from voicemesh.common.contracts.errors import InvalidMessage
 
 __all__ = [
     "FRAME_MS",

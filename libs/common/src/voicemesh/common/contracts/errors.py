@@ -21,6 +21,8 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+from pydantic import ValidationError
+
 __all__ = [
     "Category",
     "Conflict",
@@ -34,6 +36,7 @@ __all__ = [
     "UnavailableError",
     "UnknownTenant",
     "category_of",
+    "describe_validation_error",
 ]
 
 
@@ -96,3 +99,13 @@ def category_of(exc: BaseException) -> Category:
     if isinstance(exc, MeshError):
         return exc.category
     return Category.RETRY
+
+
+def describe_validation_error(exc: ValidationError, *, limit: int = 5) -> str:
+    """A validation failure in one line: ``field.path: message`` for the first ``limit``."""
+    errors = exc.errors(include_url=False, include_input=False, include_context=False)
+    parts = [
+        f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in errors[:limit]
+    ]
+    more = f" (+{len(errors) - limit} more)" if len(errors) > limit else ""
+    return "; ".join(parts) + more

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import jwt
 
-from voicemesh.common.errors import Unauthorized
+from voicemesh.common.contracts.errors import Unauthorized
 
 __all__ = ["CallClaims", "issue_call_token", "verify_call_token"]
 

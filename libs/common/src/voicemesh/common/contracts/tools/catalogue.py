@@ -1,0 +1,110 @@
+"""The catalogue: every tool, where it lives, what it takes and returns, how long it may take."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from voicemesh.common.contracts import subjects
+from voicemesh.common.contracts.tenancy import Vertical
+from voicemesh.common.contracts.tools.base import ToolArgs, ToolOutput
+from voicemesh.common.contracts.tools.calendar import (
+    AppointmentResult,
+    AppointmentsResult,
+    AvailabilityArgs,
+    AvailabilityResult,
+    BookArgs,
+    CancelArgs,
+    ListAppointmentsArgs,
+    RescheduleArgs,
+)
+from voicemesh.common.contracts.tools.crm import (
+    AddNoteArgs,
+    Claim,
+    ConflictCheckArgs,
+    ConflictCheckResult,
+    ContactResult,
+    ContactsResult,
+    FileClaimArgs,
+    InteractionsResult,
+    ListingsResult,
+    ListInteractionsArgs,
+    LookupContactArgs,
+    LookupPolicyArgs,
+    NoteResult,
+    Policy,
+    SearchListingsArgs,
+    UpsertContactArgs,
+)
+from voicemesh.common.contracts.tools.sms import (
+    SendSmsArgs,
+    SendSmsResult,
+)
+
+__all__ = ["DEFAULT_TIMEOUT_S", "TOOLS", "ToolSpec", "tool_spec"]
+
+DEFAULT_TIMEOUT_S = 5.0
+
+A = TypeVar("A", bound=ToolArgs)
+R = TypeVar("R", bound=ToolOutput)
+
+
+@dataclass(frozen=True)
+class ToolSpec(Generic[A, R]):
+    """One tool: where it lives, what it takes, what it returns and how long it may take."""
+
+    service: str
+    name: str
+    arguments: type[A]
+    result: type[R]
+    timeout_s: float = DEFAULT_TIMEOUT_S
+    verticals: frozenset[Vertical] | None = None
+    description: str = ""
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.service, self.name)
+
+    def subject(self, tenant: str) -> str:
+        return subjects.tool(tenant, self.service, self.name)
+
+
+_ALL_TOOLS: tuple[ToolSpec[Any, Any], ...] = (
+    ToolSpec("crm", "lookup_contact", LookupContactArgs, ContactsResult, 2.0,
+             description="find contacts by phone, email or name"),
+    ToolSpec("crm", "upsert_contact", UpsertContactArgs, ContactResult, 3.0,
+             description="create a contact or update the one with this id, phone or email"),
+    ToolSpec("crm", "add_note", AddNoteArgs, NoteResult, 3.0,
+             description="add a note to a contact"),
+    ToolSpec("crm", "list_interactions", ListInteractionsArgs, InteractionsResult, 3.0,
+             description="a contact's calls, appointments, texts and notes, newest first"),
+    ToolSpec("crm", "search_listings", SearchListingsArgs, ListingsResult, 3.0,
+             frozenset({Vertical.REAL_ESTATE}), "search property listings"),
+    ToolSpec("crm", "conflict_check", ConflictCheckArgs, ConflictCheckResult, 3.0,
+             frozenset({Vertical.LEGAL}), "check parties against existing matters"),
+    ToolSpec("crm", "lookup_policy", LookupPolicyArgs, Policy, 2.0,
+             frozenset({Vertical.INSURANCE}), "find a policy by number or holder phone"),
+    ToolSpec("crm", "file_claim", FileClaimArgs, Claim, 3.0,
+             frozenset({Vertical.INSURANCE}), "file a claim against a policy"),
+    ToolSpec("calendar", "availability", AvailabilityArgs, AvailabilityResult, 3.0,
+             description="free slots for a day or a range of days"),
+    ToolSpec("calendar", "book", BookArgs, AppointmentResult, 5.0,
+             description="book a slot; the idempotency key makes a retry book once"),
+    ToolSpec("calendar", "reschedule", RescheduleArgs, AppointmentResult, 5.0,
+             description="move an appointment to another free slot"),
+    ToolSpec("calendar", "cancel", CancelArgs, AppointmentResult, 3.0,
+             description="cancel an appointment and free its slot"),
+    ToolSpec("calendar", "list_appointments", ListAppointmentsArgs, AppointmentsResult, 3.0,
+             description="appointments in a range of days, optionally for one phone"),
+    ToolSpec("sms", "send", SendSmsArgs, SendSmsResult, 3.0,
+             description="queue a text message (sent once per idempotency key)"),
+)  # fmt: skip
+
+TOOLS: dict[tuple[str, str], ToolSpec[Any, Any]] = {spec.key: spec for spec in _ALL_TOOLS}
+
+
+def tool_spec(service: str, name: str) -> ToolSpec[Any, Any]:
+    try:
+        return TOOLS[(service, name)]
+    except KeyError:
+        raise KeyError(f"no tool {service}.{name} is defined") from None
