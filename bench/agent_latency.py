@@ -16,17 +16,18 @@ import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
-import nats as nats_py
 from nats.aio.client import Client as NatsClient
 
 from voicemesh.agent import AgentSettings, create_app
 from voicemesh.agent.providers.base import CallContext, Conversation, Reply
 from voicemesh.agent.providers.offline import EspeakSynthesizer, OfflineProvider
 from voicemesh.agent.speech import speak
-from voicemesh.agent.testing import SimulatedCaller, standard_desk
 from voicemesh.common.contracts import streams, subjects
 from voicemesh.common.contracts.events import CallConnected
+from voicemesh.testkit.agent import SimulatedCaller
 from voicemesh.testkit.embedded import start_nats
+from voicemesh.testkit.fakes import standard_desk
+from voicemesh.testkit.mesh import nats_client
 
 TURNS = 7
 CALLS = 3
@@ -128,7 +129,7 @@ async def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         server = start_nats(Path(tmp))
         try:
-            nc = await nats_py.connect(server.url)
+            nc = await nats_client(server.url)
             await streams.apply(nc.jetstream())
             desk = standard_desk(nc, "demo-salon")
             await desk.start()

@@ -23,7 +23,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import nats
 from nats.aio.client import Client as NatsClient
 from nats.js.api import ConsumerConfig
 from sqlalchemy import func, select
@@ -38,6 +37,7 @@ from voicemesh.common import CallConnected, Envelope, SmsJob, ToolEvent
 from voicemesh.common.contracts import streams, subjects
 from voicemesh.common.runtime.db import Database
 from voicemesh.testkit.embedded import free_port, start_nats
+from voicemesh.testkit.mesh import nats_client
 
 ROUNDS = 3
 EVENTS = 10000
@@ -184,7 +184,7 @@ async def main() -> None:
     with tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)
         server = start_nats(tmp / "nats")
-        nc = await nats.connect(server.url)
+        nc = await nats_client(server.url)
         await streams.apply(nc.jetstream(), services=set())
         results: dict[str, list[float]] = {"publish": [], "consume": [], "append": [], "ingest": []}
         try:

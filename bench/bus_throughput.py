@@ -21,8 +21,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import nats
-
 sys.path.insert(0, str(Path(__file__).parent))
 from _report import median, report
 
@@ -32,6 +30,7 @@ from voicemesh.common.runtime.bus import make_broker
 from voicemesh.common.runtime.connection import make_nats_broker
 from voicemesh.common.runtime.settings import NatsSettings
 from voicemesh.testkit.embedded import start_nats
+from voicemesh.testkit.mesh import nats_client
 
 ROUNDS = 5
 EVENTS = 2000
@@ -39,7 +38,7 @@ FRAMES = 20000
 
 
 async def raw_nats_events(url: str) -> float:
-    client = await nats.connect(url)
+    client = await nats_client(url)
     done = asyncio.Event()
     seen = 0
 
@@ -105,7 +104,7 @@ def codec(voicemesh: bool) -> float:
 
 
 async def raw_audio_publish(url: str) -> float:
-    client = await nats.connect(url)
+    client = await nats_client(url)
     frame = encode_frame(AudioFrame(0, 0, 16000, bytes(640)))
     start = time.perf_counter()
     for _ in range(FRAMES):

@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import nats
 import uvicorn
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from starlette.applications import Starlette
@@ -40,10 +39,12 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from voicemesh.common import decode_frame
-from voicemesh.common.contracts import streams, subjects
+from voicemesh.common.contracts import subjects
 from voicemesh.gateway.media import patch_aiortc, unpatch_aiortc
-from voicemesh.gateway.testing import WhipCaller
 from voicemesh.testkit.embedded import free_port, start_nats, start_redis
+from voicemesh.testkit.mesh import nats_client, provision
+from voicemesh.testkit.tracks import ToneTrack
+from voicemesh.testkit.whip import WhipCaller
 
 TENANT = "demo-salon"
 API_KEY = "bench-api-key-0123456789abcdef"
@@ -176,9 +177,7 @@ async def bench(calls_list: list[int]) -> None:
             run.servers.append(nats_server)
             redis_server = start_redis(tmp / "redis")
             run.servers.append(redis_server)
-            nc = await nats.connect(nats_server.url)
-            await streams.apply(nc.jetstream())
-            await nc.drain()
+            await provision(nats_server.url)
             gw_pid, gw_url = start_gateway(run, nats_server.url, redis_server.url, 1)
             bare_pid, bare_url = start_bare(run, 1)
             await wait_http(gw_url + "/healthz")
@@ -275,7 +274,7 @@ async def run_clients(args: argparse.Namespace) -> None:
     arrivals: dict[str, list[tuple[int, float]]] = {}
     hops: list[float] = []
     measuring = False
-    nc = await nats.connect(args.nats) if args.nats else None
+    nc = await nats_client(args.nats) if args.nats else None
 
     async def on_audio(msg: Any) -> None:
         now = time.time()
@@ -290,9 +289,11 @@ async def run_clients(args: argparse.Namespace) -> None:
     if nc is not None:
         await nc.subscribe(subjects.audio_in(TENANT, "*"), cb=on_audio)
     callers: list[WhipCaller] = []
+    tones: list[ToneTrack] = []
     async with httpx.AsyncClient(base_url=args.target, timeout=20) as http:
         for _ in range(args.calls):
-            caller = WhipCaller(http, burst_s=0.2, gap_s=0.8)
+            tones.append(ToneTrack(burst_s=0.2, gap_s=0.8))
+            caller = WhipCaller(http, track=tones[-1])
             if args.kind == "gateway":
                 created = await caller.create(TENANT, API_KEY)
                 url, token = created["whip_url"], created["token"]
@@ -308,9 +309,9 @@ async def run_clients(args: argparse.Namespace) -> None:
                 raise SystemExit("calls did not connect")
             await asyncio.sleep(0.05)
         await asyncio.sleep(args.warmup)
-        for c in callers:
+        for c, tone in zip(callers, tones, strict=True):
             c.heard.loud_at.clear()
-            c.tone.onsets.clear()
+            tone.onsets.clear()
         frames_before = [c.heard.frames for c in callers]
         measuring = True
         print("READY", flush=True)
@@ -319,8 +320,8 @@ async def run_clients(args: argparse.Namespace) -> None:
         measuring = False
         elapsed = time.monotonic() - started
         rtts: list[float] = []
-        for c in callers:
-            for onset in c.tone.onsets:
+        for c, tone in zip(callers, tones, strict=True):
+            for onset in tone.onsets:
                 heard = [t for t in c.heard.loud_at if onset < t < onset + 0.7]
                 if heard:
                     rtts.append((heard[0] - onset) * 1000)

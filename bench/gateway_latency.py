@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import nats
 from gateway import (
     RESULTS,
     Running,
@@ -29,8 +28,8 @@ from gateway import (
     wait_http,
 )
 
-from voicemesh.common.contracts import streams
 from voicemesh.testkit.embedded import start_nats, start_redis
+from voicemesh.testkit.mesh import provision
 
 WINDOW_S = 6.0
 
@@ -45,9 +44,7 @@ async def main() -> None:
             run.servers.append(nats_server)
             redis_server = start_redis(tmp / "redis")
             run.servers.append(redis_server)
-            nc = await nats.connect(nats_server.url)
-            await streams.apply(nc.jetstream())
-            await nc.drain()
+            await provision(nats_server.url)
             for prefetch in (4, 1):
                 gw_pid, gw_url = start_gateway(run, nats_server.url, redis_server.url, prefetch)
                 bare_pid, bare_url = start_bare(run, prefetch)

@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import nats
 from _report import median, percentile, report
 from aioapns import APNs, NotificationRequest, PushType
 from aioapns.connection import APNsProductionClientProtocol
@@ -36,6 +35,7 @@ from voicemesh.apnssim.certs import make_provider_key, make_tls_material
 from voicemesh.common.contracts import streams, subjects
 from voicemesh.common.contracts.events import CallRequested, new_call_id
 from voicemesh.testkit.embedded import free_port, start_nats, start_redis
+from voicemesh.testkit.mesh import nats_client
 
 BUNDLE = "dev.voicemesh.bench"
 SECRET = "b" * 40
@@ -210,7 +210,7 @@ async def main() -> None:
         async def baseline_run(connections: int) -> float:
             return await bare_aioapns(sim_port, tls.ca_path, keys["bench-a"], connections, 2000)
 
-        nc = await nats.connect(nats_srv.url)
+        nc = await nats_client(nats_srv.url)
         await streams.apply(nc.jetstream(), services=set())
         js = nc.jetstream()
         api_keys = {t: f"key-{t}-0123456789abcdef" for t in keys}

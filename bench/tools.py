@@ -47,7 +47,6 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import httpx
-import nats
 from nats.aio.client import Client as NatsClient
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -58,6 +57,7 @@ from voicemesh.common.contracts import streams, subjects
 from voicemesh.common.contracts.events import ToolRequest
 from voicemesh.common.runtime.tools import ToolClient
 from voicemesh.testkit.embedded import free_port, start_nats
+from voicemesh.testkit.mesh import nats_client
 
 TENANT = "bench-homes"
 PHONE = "+15555550142"
@@ -71,9 +71,10 @@ AIMS_MS = {"lookup": 10.0, "book": 25.0}
 AIM_AUDIT_PER_S = 2000.0
 
 ECHO = """
-import asyncio, sys, nats
+import asyncio, sys
+from voicemesh.testkit.mesh import nats_client
 async def main():
-    nc = await nats.connect(sys.argv[1])
+    nc = await nats_client(sys.argv[1])
     async def reply(msg):
         await msg.respond(msg.data)
     await nc.subscribe(sys.argv[2], cb=reply)
@@ -210,7 +211,7 @@ async def main() -> None:
 
 async def _run(url: str, work: Path, procs: list[subprocess.Popen[bytes]]) -> None:
     load = os.getloadavg()[0]
-    client: NatsClient = await nats.connect(url)
+    client: NatsClient = await nats_client(url)
     await streams.apply(client.jetstream())
     common = {"VOICEMESH_NATS_URL": url, "VOICEMESH_TENANTS": f"{TENANT}:real_estate"}
     crm_proc, crm_port = _start_service(
@@ -308,7 +309,7 @@ async def _audit(url: str, work: Path) -> tuple[float, float]:
     """Raw JetStream publish and audit ingest, with ``bench/audit_ingest.py``'s functions."""
     # Its module constant sizes the backlog; a smaller one keeps this run within a minute.
     audit_ingest.EVENTS = AUDIT_EVENTS
-    nc = await nats.connect(url)
+    nc = await nats_client(url)
     try:
         publish = await audit_ingest.publish_all(
             nc, audit_ingest._events("raw-0", AUDIT_EVENTS, "p0")

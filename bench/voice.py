@@ -41,7 +41,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import nats as nats_py
 from _report import median, percentile, report
 from agent_latency import FixedProvider
 from agent_stt_accuracy import word_errors
@@ -53,13 +52,14 @@ from voicemesh.agent.providers.base import CallContext, Conversation
 from voicemesh.agent.providers.offline import EspeakSynthesizer, OfflineProvider
 from voicemesh.agent.session import TurnTiming
 from voicemesh.agent.speech import speak
-from voicemesh.agent.testing import standard_desk
 from voicemesh.common.contracts import streams
 from voicemesh.common.contracts.events import Speaker
 from voicemesh.phone import dial
 from voicemesh.phone.phone import VOICE_RMS, PhoneCall
 from voicemesh.phone.script import CallWatcher
 from voicemesh.testkit.embedded import free_port, start_nats, start_redis
+from voicemesh.testkit.fakes import standard_desk
+from voicemesh.testkit.mesh import nats_client
 
 OFFLINE, FIXED = "demo-salon", "demo-real-estate"
 API_KEY = "bench-voice-api-key-0123456789abcdef"
@@ -160,7 +160,7 @@ async def one_call(
                 await call.wait_quiet(0.6, since=first, timeout=20)
         result.heard = [h.segment.text for h in watcher.lines(Speaker.CALLER)]
     finally:
-        await call.hang_up(http)
+        await call.hang_up()
         await watcher.stop()
     return result
 
@@ -175,7 +175,7 @@ async def callers(
         from voicemesh.gateway.media import patch_aiortc
 
         patch_aiortc(prefetch, fast_level=False, opus_bitrate=None)  # the buffer alone
-    nc = await nats_py.connect(nats_url)
+    nc = await nats_client(nats_url)
     try:
         async with httpx.AsyncClient(timeout=20) as http:
             results = await asyncio.gather(
@@ -261,7 +261,7 @@ async def main() -> None:
         redis = start_redis(tmp / "redis")
         run.servers += [server, redis]
         try:
-            nc = await nats_py.connect(server.url)
+            nc = await nats_client(server.url)
             await streams.apply(nc.jetstream())
             desk = standard_desk(nc, OFFLINE)
             await desk.start()

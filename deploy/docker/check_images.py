@@ -240,6 +240,8 @@ try:
     importlib.import_module(module)
     if u.find_spec(f"{module}.__main__") is None:
         problems.append(f"no {module}.__main__")
+    else:  # the entry point's own imports, as the container's first command runs them
+        importlib.import_module(f"{module}.__main__")
 except Exception as e:
     problems.append(f"import {module}: {type(e).__name__}: {e}")
 if u.find_spec("pytest") is not None:

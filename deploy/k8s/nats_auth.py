@@ -107,14 +107,20 @@ def tenant_user(tenant: str) -> NatsUser:
     )
 
 
-def edge_user(name: str, services: Iterable[str]) -> NatsUser:
-    """A shared edge service (gateway, push): every tenant's subjects, no stream admin."""
+def edge_user(name: str, services: Iterable[str], tenants: Iterable[str] = ()) -> NatsUser:
+    """A shared edge service (gateway, push): every tenant's subjects, no stream admin.
+
+    It serves every deployed tenant, and push reads each tenant's lifecycle events on that
+    tenant's own durable (its per-tenant lanes), so it gets those consumers too.
+    """
+    services = tuple(services)
     every = [f"{subjects.ROOT}.>", f"{subjects.inbox_prefix(subjects.ANY)}.>"]
-    return NatsUser(
-        name=name,
-        publish=(*every, *consumer_api_subjects(services, subjects.ANY)),
-        subscribe=tuple(every),
-    )
+    consumers = [
+        subject
+        for tenant in (subjects.ANY, *sorted(set(tenants)))
+        for subject in consumer_api_subjects(services, tenant)
+    ]
+    return NatsUser(name=name, publish=(*every, *consumers), subscribe=tuple(every))
 
 
 def admin_user() -> NatsUser:
@@ -158,9 +164,10 @@ def render_tenants_env(tenants: dict[str, str]) -> str:
 
 
 def all_users(tenants: Iterable[str]) -> list[NatsUser]:
-    users = [admin_user(), *(edge_user(n, s) for n, s in EDGE_USERS.items())]
+    tenants = sorted(set(tenants))
+    users = [admin_user(), *(edge_user(n, s, tenants) for n, s in EDGE_USERS.items())]
     names = {u.name for u in users}
-    for tenant in sorted(set(tenants)):
+    for tenant in tenants:
         if tenant in names:
             raise ValueError(f"tenant id {tenant!r} clashes with a service user")
         users.append(tenant_user(tenant))

@@ -19,9 +19,10 @@ from playwright.async_api import async_playwright
 
 from voicemesh.common import TranscriptSegment, decode_event
 from voicemesh.common.contracts import streams, subjects
-from voicemesh.gateway.testing import EchoAgent, dominant_frequency
 from voicemesh.testkit.embedded import free_port
 from voicemesh.testkit.fixtures import ProcessTracker, wait_until
+from voicemesh.testkit.tracks import dominant_frequency
+from voicemesh.testkit.whip import EchoAgent
 
 pytestmark = pytest.mark.slow
 

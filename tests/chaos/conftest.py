@@ -7,42 +7,20 @@ table. Sections are merged under a file lock, so tests may run in any order or i
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import json
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from voicemesh.testkit import results
+
 RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results" / "chaos.json"
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as lock:  # the results file is its own (advisory) lock
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def record_section(name: str, data: dict[str, Any], path: Path = RESULTS) -> None:
     """Replace section ``name`` of the chaos results with ``data`` (other sections kept)."""
-    with _locked(path):
-        try:
-            current = json.loads(path.read_text())
-        except (OSError, ValueError):
-            current = {}
-        if not isinstance(current, dict):
-            current = {}
-        sections = current.setdefault("sections", {})
-        sections[name] = {**data, "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        path.write_text(json.dumps(current, indent=2, sort_keys=True))
+    results.record_section(path, name, data)
 
 
 _OUTCOME = pytest.StashKey[str]()

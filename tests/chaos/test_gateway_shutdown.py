@@ -25,9 +25,10 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from voicemesh.common import decode_event
 from voicemesh.common.contracts import streams, subjects
 from voicemesh.common.contracts.events import CallEnded
-from voicemesh.gateway.testing import ToneTrack, WhipCaller
 from voicemesh.testkit.embedded import free_port
 from voicemesh.testkit.fixtures import ProcessTracker, wait_until
+from voicemesh.testkit.tracks import ToneTrack
+from voicemesh.testkit.whip import WhipCaller
 
 TENANT = "demo-legal"
 API_KEY = "chaos-sigterm-legal-key-0123456789"
@@ -106,8 +107,8 @@ async def test_sigterm_ends_every_call_with_server_shutdown(
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
         try:
             for _ in range(CALLS):
-                caller = WhipCaller(http, datachannel=True)
-                caller.tone = ToneTrack(amplitude=0.0)  # a quiet caller: the agent talks
+                # A quiet caller: the agent talks.
+                caller = WhipCaller(http, datachannel=True, track=ToneTrack(amplitude=0.0))
                 callers.append(caller)
                 created = await caller.create(TENANT, API_KEY)
                 call_ids.append(created["call_id"])

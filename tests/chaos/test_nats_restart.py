@@ -13,17 +13,13 @@ answered (the agent's durable consumer is back), and every call ends exactly onc
 from __future__ import annotations
 
 import asyncio
-import fractions
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
 
 import httpx
-import numpy as np
-from aiortc.mediastreams import MediaStreamError
-from av import AudioFrame as AvFrame
 from nats.aio.client import Client as NatsClient
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
@@ -31,83 +27,25 @@ from voicemesh.agent.speech import speak
 from voicemesh.common import decode_event
 from voicemesh.common.contracts import streams, subjects
 from voicemesh.common.contracts.events import AnyEvent, CallEnded, TranscriptSegment
-from voicemesh.gateway.testing import ToneTrack, WhipCaller
 from voicemesh.testkit.embedded import EmbeddedServer, free_port
 from voicemesh.testkit.fixtures import ProcessTracker, ServiceProcess, wait_until
+from voicemesh.testkit.tracks import CallerVoice
+from voicemesh.testkit.whip import WhipCaller
 
 TENANT = "demo-salon"
 API_KEY = "chaos-nats-salon-key-0123456789"
 SECRET = "chaos-nats-call-token-secret-0123456789"
 RATE = 48000
-SAMPLES = 960
 CALLS_BEFORE = 3
 ANSWER_WITHIN_S = 3.0
 DOWN_S = 2.0
 
 
-class SpeakingTrack(ToneTrack):
-    """The caller's microphone: silence, or the speech ``play`` queued, in real time."""
-
-    def __init__(self) -> None:
-        super().__init__(amplitude=0.0)
-        self._speech: deque[bytes] = deque()
-        self._done: asyncio.Future[float] | None = None
-
-    def play(self, pcm: bytes) -> asyncio.Future[float]:
-        """Queue 48 kHz ``pcm``; the future is when its last frame went out (monotonic).
-
-        Synthesise before (``speech``): eSpeak blocks, and a blocked event loop would
-        stall every caller's RTP in this process.
-        """
-        step = SAMPLES * 2
-        pcm += bytes(-len(pcm) % step)
-        self._speech.extend(pcm[i : i + step] for i in range(0, len(pcm), step))
-        self._done = asyncio.get_running_loop().create_future()
-        return self._done
-
-    def stop(self) -> None:
-        # A call that ends mid-sentence (the agent hung up, the peer closed) still ends the
-        # sentence for whoever waits on it: at the moment the microphone went dead.
-        if self._done is not None and not self._done.done():
-            self._done.set_result(time.monotonic())
-        super().stop()
-
-    async def recv(self) -> AvFrame:
-        if self.readyState != "live":
-            raise MediaStreamError
-        now = time.monotonic()
-        if self._start is None:
-            self._start = now
-        else:
-            self._pts += SAMPLES
-            due = self._start + self._pts / RATE
-            if due > now:
-                await asyncio.sleep(due - now)
-        if self._speech:
-            chunk = self._speech.popleft()
-            if not self._speech and self._done is not None and not self._done.done():
-                self._done.set_result(time.monotonic() + SAMPLES / RATE)
-        else:
-            chunk = bytes(SAMPLES * 2)
-        frame = AvFrame.from_ndarray(
-            np.frombuffer(chunk, dtype=np.int16).reshape(1, -1), format="s16", layout="mono"
-        )
-        frame.sample_rate = RATE
-        frame.pts = self._pts
-        frame.time_base = fractions.Fraction(1, RATE)
-        return frame
-
-
 class Caller(WhipCaller):
     def __init__(self, http: httpx.AsyncClient) -> None:
-        super().__init__(http)
-        self.tone = SpeakingTrack()
+        self.mic = CallerVoice()  # silence, or the speech ``play`` is given, in real time
+        super().__init__(http, track=self.mic)
         self.call_id = ""
-
-    @property
-    def mic(self) -> SpeakingTrack:
-        assert isinstance(self.tone, SpeakingTrack)
-        return self.tone
 
     def heard_after(self, moment: float) -> float | None:
         return next((t for t in self.heard.loud_at if t > moment), None)

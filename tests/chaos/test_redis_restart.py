@@ -30,9 +30,9 @@ from voicemesh.apnssim.server import ApnsSimulator, ProviderKey
 from voicemesh.common import decode_event
 from voicemesh.common.contracts import streams, subjects
 from voicemesh.common.contracts.events import AnyEvent, CallRequested
-from voicemesh.gateway.testing import EchoAgent, WhipCaller
 from voicemesh.testkit.embedded import EmbeddedServer, free_port, start_redis
 from voicemesh.testkit.fixtures import ProcessTracker, ServiceProcess, wait_until
+from voicemesh.testkit.whip import EchoAgent, WhipCaller
 
 TENANT = "demo-salon"
 API_KEY = "chaos-redis-salon-key-0123456789"

@@ -21,7 +21,6 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import httpx
-import nats
 import pytest
 from nats.aio.msg import Msg
 from playwright.async_api import Page, async_playwright
@@ -31,6 +30,7 @@ from voicemesh.common.contracts.events import EndReason, Speaker
 from voicemesh.phone import synthesize
 from voicemesh.phone.script import CallWatcher, Line, converse
 from voicemesh.testkit.fixtures import LocalDays, wait_until
+from voicemesh.testkit.mesh import nats_client
 
 from .conftest import Mesh
 
@@ -121,7 +121,7 @@ async def test_demo_page_books_with_the_real_agent(mesh: Mesh) -> None:
     assert HAVE_CHROMIUM, "Debian's chromium is required: apt-get install chromium"
     gateway = mesh.url("gateway")
     days = LocalDays()
-    nc = await nats.connect(mesh.nats_url)
+    nc = await nats_client(mesh.nats_url)
     try:
         async with async_playwright() as p:
             browser = await p.chromium.launch(

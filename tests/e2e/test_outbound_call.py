@@ -17,15 +17,21 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import httpx
-import nats
 import pytest
 import yaml
 
 from voicemesh.common.contracts import subjects
-from voicemesh.common.contracts.events import CallRequested, EndReason, Speaker, new_call_id
+from voicemesh.common.contracts.events import (
+    CallRequested,
+    EndReason,
+    Speaker,
+    event_types,
+    new_call_id,
+)
 from voicemesh.phone import SimulatedPhone
 from voicemesh.phone.script import CallWatcher, Line, converse
 from voicemesh.testkit.fixtures import LocalDays, OtlpReceiver, wait_until
+from voicemesh.testkit.mesh import EventTypesSeen, nats_client
 
 from .conftest import Mesh
 
@@ -81,10 +87,12 @@ async def test_requested_call_rings_answers_books_texts_records_and_is_one_trace
         )
         earlier = {m["id"] for m in outbox.json()}
 
-        nc = await nats.connect(mesh.nats_url)
+        nc = await nats_client(mesh.nats_url)
         call_id = new_call_id()
         watcher = CallWatcher(nc, TENANT, call_id)
         await watcher.start()
+        seen = EventTypesSeen(nc, TENANT)  # every type on the bus is in the registry
+        await seen.start()
         try:
             # The tenant backend's request, with the trace context its own span would carry.
             trace_id, request_span = secrets.token_hex(16), secrets.token_hex(8)
@@ -116,7 +124,7 @@ async def test_requested_call_rings_answers_books_texts_records_and_is_one_trace
                 # The script ends with goodbye: the agent hangs up.
                 ended = await watcher.wait(watcher.ended, 15, "CallEnded")
             finally:
-                await call.hang_up(http)
+                await call.hang_up()
             assert ended.reason is EndReason.AGENT_HANGUP
             assert call.voice_frames() > 100  # the agent's voice reached the phone
             assert [e.type for e in watcher.lifecycle].count("call.ended") == 1
@@ -124,6 +132,7 @@ async def test_requested_call_rings_answers_books_texts_records_and_is_one_trace
                 assert watcher.has(kind), kind
         finally:
             await watcher.stop()
+            await seen.stop()
             await nc.drain()
 
         # The appointment, at 3 pm tomorrow in the salon's time zone.
@@ -198,6 +207,9 @@ async def test_requested_call_rings_answers_books_texts_records_and_is_one_trace
         except TimeoutError:
             pytest.fail("the audit service did not record the call:\n" + mesh.log_tail(40, "audit"))
     await mesh.verify_audit_chain()
+    assert {"call.requested", "call.ringing", "call.ended", "tool.event"} <= set(seen.types)
+    unregistered = {t: s for t, s in seen.types.items() if t not in event_types()}
+    assert unregistered == {}, "published but not in contracts.events.AnyEvent (make docs)"
 
     # One trace: every service that worked on the call exported spans under its trace id.
     def services_in_trace() -> set[str]:

@@ -24,17 +24,17 @@ from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import httpx
-import nats
 import pytest
 from nats.aio.client import Client as NatsClient
 
 from voicemesh.agent.profiles import ProfileLibrary
-from voicemesh.agent.testing import decode_agent_audio
 from voicemesh.common.contracts.events import EndReason, Speaker
 from voicemesh.phone import dial
 from voicemesh.phone.phone import PhoneCall
 from voicemesh.phone.script import CallWatcher, converse
+from voicemesh.testkit.agent import decode_agent_audio
 from voicemesh.testkit.fixtures import LocalDays, wait_until
+from voicemesh.testkit.mesh import nats_client
 
 from .conftest import Mesh
 from .test_outbound_call import demo_script
@@ -119,7 +119,7 @@ async def _call(http: httpx.AsyncClient, nc: NatsClient, mesh: Mesh, want: Expec
         )
         await watcher.wait(watcher.ended, 20, f"{want.vertical}: CallEnded")
     finally:
-        await call.hang_up(http)
+        await call.hang_up()
         await call.close()
         await watcher.stop()
     # The greeting is what the phone heard before it first answered (it answers only after
@@ -247,7 +247,7 @@ async def _check_outcome(
 async def test_each_vertical_books_through_the_gateway(mesh: Mesh) -> None:
     async with httpx.AsyncClient(timeout=15) as http:
         before = {want.vertical: await _texts(http, mesh, want) for want in VERTICALS}
-        nc = await nats.connect(mesh.nats_url)
+        nc = await nats_client(mesh.nats_url)
         try:
             outcomes = await asyncio.gather(*(_call(http, nc, mesh, want) for want in VERTICALS))
         finally:

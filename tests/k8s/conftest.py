@@ -1,9 +1,8 @@
-"""Fixtures for the deploy/k8s tests: the deploy scripts as a module, each overlay rendered once."""
+"""Fixtures for the deploy/k8s tests: each overlay rendered once (the deploy scripts as a
+module, ``k8s``, come from ``tests/conftest.py``)."""
 
 from __future__ import annotations
 
-import importlib
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import ModuleType
@@ -15,18 +14,6 @@ ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
 
 Docs = list[dict[str, Any]]
-
-
-def load_validate() -> ModuleType:
-    """``deploy/k8s/validate.py`` as ``deploy.k8s.validate`` (with ``policy``, ``nats_auth``)."""
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
-    return importlib.import_module("deploy.k8s.validate")
-
-
-@pytest.fixture(scope="session")
-def k8s() -> ModuleType:
-    return load_validate()
 
 
 @pytest.fixture(scope="session")

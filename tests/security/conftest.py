@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
-import json
 import secrets
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -22,15 +20,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import nats as nats_py
 import pytest
 from nats.aio.client import Client as NatsClient
 
-from voicemesh.common.contracts import streams
+from voicemesh.testkit import results
 from voicemesh.testkit.embedded import EmbeddedServer, start_nats
 from voicemesh.testkit.fixtures import OtlpReceiver, ProcessTracker, ServiceProcess
+from voicemesh.testkit.mesh import nats_client, provision
 
 RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results" / "security.json"
+SECURITY_TOTALS = ("hostile_inputs", "rejected", "crashes", "server_errors")
 
 SERVICES = ("gateway", "push", "agent", "crm", "calendar", "sms", "audit", "transcript")
 
@@ -110,11 +109,7 @@ async def _start(
     otlp_receiver: OtlpReceiver,
     tracker: ProcessTracker,
 ) -> SecureMesh:
-    nc = await nats_py.connect(nats_server.url)
-    try:
-        await streams.apply(nc.jetstream())
-    finally:
-        await nc.close()
+    await provision(nats_server.url)
     # A database of our own: other tests flush database 0 of the same Redis.
     redis_url = redis_server.url.rsplit("/", 1)[0] + "/9"
     api_keys = {tenant: f"key-{role}-{secrets.token_hex(12)}" for role, tenant in TENANTS.items()}
@@ -151,7 +146,7 @@ async def _start(
 @pytest.fixture
 async def mesh_nats(secure_mesh: SecureMesh) -> AsyncIterator[NatsClient]:
     """A nats-py client on the security mesh's server."""
-    client = await nats_py.connect(secure_mesh.nats_url, name="voicemesh-security-test")
+    client = await nats_client(secure_mesh.nats_url, name="voicemesh-security-test")
     try:
         yield client
     finally:
@@ -159,32 +154,7 @@ async def mesh_nats(secure_mesh: SecureMesh) -> AsyncIterator[NatsClient]:
             await client.drain()
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_suffix(".lock"), "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
 def record_security(section: str, data: dict[str, Any], path: Path = RESULTS) -> None:
     """Replace ``section`` of bench/results/security.json (other sections kept) and refresh
     the totals the chaos table prints: hostile inputs tried, rejected, crashes, 5xx."""
-    with _locked(path):
-        try:
-            current = json.loads(path.read_text())
-        except (OSError, ValueError):
-            current = {}
-        if not isinstance(current, dict):
-            current = {}
-        sections = current.setdefault("sections", {})
-        sections[section] = {**data, "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        totals = {"hostile_inputs": 0, "rejected": 0, "crashes": 0, "server_errors": 0}
-        for entry in sections.values():
-            for name in totals:
-                totals[name] += int(entry.get(name, 0))
-        current["totals"] = totals
-        path.write_text(json.dumps(current, indent=2, sort_keys=True))
+    results.record_section(path, section, data, totals=SECURITY_TOTALS)

@@ -36,8 +36,8 @@ from voicemesh.common.contracts import streams, subjects
 from voicemesh.common.contracts.audio import AudioFrame, encode_frame
 from voicemesh.common.contracts.events import ToolRequest, ToolResult
 from voicemesh.common.contracts.tools import TOOLS, ToolSpec
-from voicemesh.gateway.testing import WhipCaller
 from voicemesh.testkit.fixtures import wait_until
+from voicemesh.testkit.whip import WhipCaller
 
 from .conftest import TENANTS, VERTICALS, SecureMesh, record_security
 

@@ -27,7 +27,7 @@ import httpx
 import pytest
 
 from voicemesh.common.runtime.tokens import issue_call_token
-from voicemesh.gateway.testing import WhipCaller
+from voicemesh.testkit.whip import WhipCaller
 
 from .conftest import SERVICES, TENANTS, SecureMesh, record_security
 

@@ -10,21 +10,13 @@ at tenant B (``demo-legal``).
 from __future__ import annotations
 
 import asyncio
-import importlib
 import json
-import secrets
-import subprocess
-import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-import nats
 import pytest
-from faststream.nats import NatsBroker, PullSub
-from faststream.nats.security import NatsUserPassword
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
@@ -32,87 +24,49 @@ from nats.errors import TimeoutError as NatsTimeoutError
 
 from voicemesh.common.contracts import streams, subjects
 from voicemesh.common.contracts.events import CallConnected
+from voicemesh.common.runtime.bus import subscribe_durable
+from voicemesh.common.runtime.connection import make_nats_broker
 from voicemesh.common.runtime.publisher import JetStreamPublisher
-from voicemesh.testkit.embedded import EmbeddedServer, find_binary, free_port, wait_for_port
 from voicemesh.testkit.fixtures import wait_until
+from voicemesh.testkit.mesh import nats_client, nats_settings
 
-K8S = Path(__file__).resolve().parents[2] / "deploy" / "k8s"
+from ..conftest import K8S, DeployedNats
+
 A, B = "acme", "demo-legal"
 #: A refused publish gets no reply at all; the permissions violation is what proves it.
 DENIED_WAIT_S = 0.3
 
 
-def _deploy_module() -> ModuleType:
-    """``deploy/k8s/validate.py`` (render) with its ``nats_auth`` (the permission file)."""
-    root = str(K8S.parents[1])
-    if root not in sys.path:
-        sys.path.insert(0, root)
-    return importlib.import_module("deploy.k8s.validate")
-
-
-@pytest.fixture(scope="module")
-def auth_conf() -> str:
-    """auth.conf exactly as `kubectl kustomize deploy/k8s/base` puts it in the ConfigMap."""
-    docs = _deploy_module().render(K8S / "base")
+def test_the_configmap_holds_the_generated_auth_conf(
+    k8s: ModuleType, deployed_auth_conf: str
+) -> None:
+    """What ``deployed_nats`` loads is what `kubectl kustomize deploy/k8s/base` ships."""
+    docs = k8s.render(K8S / "base")
     (config,) = [d for d in docs if d["kind"] == "ConfigMap" and "auth.conf" in d.get("data", {})]
-    text: str = config["data"]["auth.conf"]
-    assert text == (K8S / "base" / "nats" / "auth.conf").read_text()
-    return text
-
-
-def _start_nats(data_dir: Path, config: Path) -> EmbeddedServer:
-    """``nats-server -js -c config`` on a free loopback port.
-
-    Like ``embedded.start_nats`` but on a port chosen up front: start_nats reads the
-    server's ports file as soon as it exists, which can race with the server writing it.
-    """
-    port = free_port()
-    argv = [
-        str(find_binary("nats-server")),
-        "-js",
-        "-a",
-        "127.0.0.1",
-        "-p",
-        str(port),
-        "-sd",
-        str(data_dir / "jetstream"),
-        "-c",
-        str(config),
-    ]
-    log_path = data_dir / "nats-server.log"
-    with log_path.open("ab") as log:
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    server = EmbeddedServer(
-        "nats", f"nats://127.0.0.1:{port}", port, proc, data_dir, argv, log_path
-    )
-    try:
-        wait_for_port("127.0.0.1", port, 10.0, proc)
-    except Exception:
-        server.stop()
-        raise
-    return server
+    assert config["data"]["auth.conf"] == deployed_auth_conf
 
 
 @dataclass
 class Mesh:
-    server: EmbeddedServer
-    passwords: dict[str, str]
+    nats: DeployedNats
     clients: list[Client] = field(default_factory=list)
     errors: dict[str, list[str]] = field(default_factory=dict)
 
-    async def connect(self, user: str, *, inbox_prefix: str | None = None) -> Client:
+    @property
+    def url(self) -> str:
+        return self.nats.url
+
+    async def connect(self, user: str, *, tenant: str | None = None) -> Client:
+        """``user``'s connection as its processes open it: a tenant's with its inbox prefix
+        (``tenant`` overrides which one), a service's or the admin's with the plain one."""
         errors = self.errors.setdefault(user, [])
 
         async def on_error(exc: Exception) -> None:
             errors.append(str(exc))
 
-        client = await nats.connect(
-            self.server.url,
-            user=user,
-            password=self.passwords[user],
-            inbox_prefix=inbox_prefix or subjects.inbox_prefix(user),
-            error_cb=on_error,
-            allow_reconnect=False,
+        identity = self.nats.identity(user, tenant=tenant)
+        client = await nats_client(
+            self.url, name=f"voicemesh-test-{user}", identity=identity, error_cb=on_error
         )
         self.clients.append(client)
         return client
@@ -129,24 +83,9 @@ class Mesh:
 
 
 @pytest.fixture
-def nats_mesh(auth_conf: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Mesh]:
-    users = _deploy_module().nats_auth.parse(auth_conf)
-    passwords = {u.name: secrets.token_hex(16) for u in users}
-    for user in users:
-        # nats-server reads $VM_NATS_PASSWORD_<USER> from its environment, as in the pod.
-        monkeypatch.setenv(user.password_env, passwords[user.name])
-    (tmp_path / "auth.conf").write_text(auth_conf)
-    (tmp_path / "nats.conf").write_text("include ./auth.conf\n")
-    server = _start_nats(tmp_path, tmp_path / "nats.conf")
-    try:
-        yield Mesh(server, passwords)
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-async def mesh(nats_mesh: Mesh) -> AsyncIterator[Mesh]:
-    admin = await nats_mesh.connect("admin", inbox_prefix="_INBOX")
+async def mesh(deployed_nats: DeployedNats) -> AsyncIterator[Mesh]:
+    nats_mesh = Mesh(deployed_nats)
+    admin = await nats_mesh.connect("admin")
     await streams.apply(admin.jetstream())
     yield nats_mesh
     for client in nats_mesh.clients:
@@ -154,13 +93,13 @@ async def mesh(nats_mesh: Mesh) -> AsyncIterator[Mesh]:
             await client.close()
 
 
-async def test_every_user_needs_its_password(nats_mesh: Mesh) -> None:
+async def test_every_user_needs_its_password(deployed_nats: DeployedNats) -> None:
     wrong: list[dict[str, Any]] = [{"user": A, "password": "wrong"}, {}]
     for credentials in wrong:
         client = Client()
         with pytest.raises(Exception, match="Authorization Violation"):
             await client.connect(
-                nats_mesh.server.url,
+                deployed_nats.url,
                 allow_reconnect=False,
                 max_reconnect_attempts=0,
                 **credentials,
@@ -241,7 +180,7 @@ async def test_tenant_cannot_read_other_inboxes(mesh: Mesh) -> None:
         await a.subscribe(pattern)
         await mesh.denied(A, "subscription", pattern)
     # With the default prefix a tenant's requests could not even receive their replies.
-    plain = await mesh.connect(A, inbox_prefix="_INBOX")
+    plain = await mesh.connect(A, tenant=subjects.ANY)
     await plain.subscribe("_INBOX.x")
     await mesh.denied(A, "subscription", "_INBOX.x")
 
@@ -250,35 +189,29 @@ async def test_tenant_uses_jetstream_through_faststream_like_the_services(mesh: 
     """FastStream publishing (JetStreamPublisher) and a durable pull consumer work for tenant A.
 
     Both the connection and the pull subscriber must use the tenant's inbox prefix
-    (FastStream's pull subscribers default to ``_INBOX.`` whatever the connection uses).
+    (FastStream's pull subscribers default to ``_INBOX.`` whatever the connection uses):
+    ``make_nats_broker`` and ``subscribe_durable`` see to both.
     """
-    prefix = subjects.inbox_prefix(A)
-    broker = NatsBroker(
-        mesh.server.url, security=NatsUserPassword(A, mesh.passwords[A]), inbox_prefix=prefix
-    )
+    identity = mesh.nats.identity(A)
+    settings = nats_settings(mesh.url, user=A, password=identity.password, tenant=A)
+    broker = make_nats_broker(settings, service="agent", graceful_timeout=5.0)
     spec = streams.consumer("agent", "calls")
     received: list[CallConnected] = []
 
-    @broker.subscriber(
-        spec.filter_subject(A),
-        stream=streams.STREAMS[spec.stream].jstream(),
-        durable=spec.durable(A),
-        pull_sub=PullSub(batch_size=1, timeout=1.0),
-        config=spec.config(A),
-        inbox_prefix=f"{prefix}.".encode(),
-    )
+    @subscribe_durable(broker, spec, A, fetch_timeout=1.0)
     async def on_lifecycle(event: CallConnected) -> None:
         received.append(event)
 
     await broker.start()
     try:
         event = CallConnected(tenant=A, call_id="call-1", source="test", vertical="healthcare")
-        await JetStreamPublisher(broker).publish(event, subjects.call_lifecycle(A, "call-1"))
+        publisher = JetStreamPublisher(lambda: broker.connection)
+        await publisher.publish(event, subjects.call_lifecycle(A, "call-1"))
         await wait_until(lambda: received, timeout=10, what="the durable consumer's delivery")
         assert received[0].event_id == event.event_id
     finally:
         await broker.stop()
-    admin = await mesh.connect("admin", inbox_prefix="_INBOX")
+    admin = await mesh.connect("admin")
     # The consumer was created by the tenant itself, filtered to its own lifecycle events,
     # and the delivery was acked.
     info = await admin.jetstream().consumer_info("CALLS", spec.durable(A))

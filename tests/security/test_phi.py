@@ -24,9 +24,9 @@ import pytest
 from nats.aio.client import Client as NatsClient
 
 from voicemesh.agent.profiles import ProfileLibrary
-from voicemesh.agent.testing import SimulatedCaller
 from voicemesh.common.contracts import subjects
 from voicemesh.common.contracts.events import CallConnected, ToolRequest, ToolResult
+from voicemesh.testkit.agent import SimulatedCaller
 from voicemesh.testkit.fixtures import CollectedSpan, OtlpReceiver, wait_until
 
 from .conftest import TENANTS, SecureMesh, record_security

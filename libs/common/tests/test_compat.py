@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from faststream.nats import JStream, NatsBroker, PullSub
+from faststream.nats import JStream, PullSub
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -19,7 +19,9 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.client import JetStreamContext
 
 import voicemesh.common  # noqa: F401  # applies the fix
+from voicemesh.common.runtime.connection import make_nats_broker
 from voicemesh.testkit.fixtures import wait_until
+from voicemesh.testkit.mesh import nats_settings
 
 
 @pytest.fixture
@@ -62,7 +64,7 @@ async def test_a_faststream_batch_consumer_keeps_a_batch_fetched_before_the_time
     for n in range(3):
         await js.publish(f"{name}.event", f"event-{n}".encode())
 
-    broker = NatsBroker(nats_url)
+    broker = make_nats_broker(nats_settings(nats_url), service="compat", graceful_timeout=5.0)
     batches: list[list[str]] = []
 
     @broker.subscriber(

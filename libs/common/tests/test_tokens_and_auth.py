@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import httpx
 import pytest
 from fastapi import Depends, FastAPI
+from pydantic import SecretStr
 
 from voicemesh.common import TenantRegistry, Unauthorized
-from voicemesh.common.runtime.auth import ApiKeys, tenant_guard
+from voicemesh.common.runtime.auth import ApiKeys, ApiKeySettings, tenant_guard
 from voicemesh.common.runtime.db import async_url
 from voicemesh.common.runtime.tokens import issue_call_token, verify_call_token
 
@@ -66,6 +68,26 @@ def test_short_keys_and_bad_specs_are_refused() -> None:
         ApiKeys.parse("acme:short")
     with pytest.raises(ValueError, match="tenant:key"):
         ApiKeys.parse("acme")
+
+
+def test_keys_come_from_the_environment_the_keys_file_or_both(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    keys_file = tmp_path / "api-keys"
+    keys_file.write_text("acme:file-key-0123456789\nother:other-file-key-0123456789\n")
+    both = ApiKeys.from_settings(
+        ApiKeySettings(api_keys=SecretStr("acme:env-key-0123456789"), api_keys_file=keys_file)
+    )
+    assert both.allows("acme", "env-key-0123456789") and both.allows("acme", "file-key-0123456789")
+    assert both.allows("other", "other-file-key-0123456789")
+    assert not both.allows("other", "file-key-0123456789")
+    # A service's settings read the same two variables from the environment.
+    monkeypatch.setenv("VOICEMESH_API_KEYS", "")
+    monkeypatch.setenv("VOICEMESH_API_KEYS_FILE", str(keys_file))
+    assert ApiKeys.from_env().allows("acme", "file-key-0123456789")
+    keys_file.write_text("acme:short\n")
+    with pytest.raises(ValueError, match="shorter"):
+        ApiKeys.from_env()
 
 
 def test_database_urls_get_async_drivers() -> None:

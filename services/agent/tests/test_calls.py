@@ -19,9 +19,10 @@ from nats.aio.client import Client as NatsClient
 
 from voicemesh.agent import AgentService, AgentSettings, create_app
 from voicemesh.agent.profiles import ProfileLibrary
-from voicemesh.agent.testing import SimulatedCaller, cough, decode_agent_audio, standard_desk
 from voicemesh.common.contracts import streams, subjects
-from voicemesh.common.contracts.events import CallConnected, CallEnded, EndReason, ToolEvent
+from voicemesh.common.contracts.events import CallConnected, CallEnded, EndReason, HandoffReason
+from voicemesh.testkit.agent import SimulatedCaller, cough, decode_agent_audio
+from voicemesh.testkit.fakes import standard_desk
 from voicemesh.testkit.fixtures import wait_until
 
 NEW_YORK = ZoneInfo("America/New_York")
@@ -209,12 +210,6 @@ async def test_silence_prompts_then_hangs_up(
 async def test_failing_tools_give_an_apology_and_a_handoff(
     agent: AgentService, nats: NatsClient
 ) -> None:
-    handoffs: list[ToolEvent] = []
-
-    async def on_handoff(msg: Any) -> None:
-        handoffs.append(ToolEvent.model_validate_json(msg.data))
-
-    await nats.subscribe(subjects.event("demo-insurance", "handoff"), cb=on_handoff)
     caller = await _connect(nats, "demo-insurance", "call-fail", "insurance")
     try:
         await caller.wait_for_agent_line(1, timeout=15)
@@ -227,8 +222,9 @@ async def test_failing_tools_give_an_apology_and_a_handoff(
             heard += 1
             line = await caller.wait_for_agent_line(heard, timeout=15)
         assert "passing your call to a member of our team" in line
-        await wait_until(lambda: handoffs, 5)
-        assert handoffs[0].name == "handoff_provider_failure"
+        # The hand-off is a lifecycle event of the call, with its reason.
+        await wait_until(lambda: caller.handoffs, 5)
+        assert caller.handoffs[0].reason is HandoffReason.PROVIDER_FAILURE
         await wait_until(lambda: any(c.command.value == "hangup" for c in caller.controls), 30)
     finally:
         await caller.stop()
@@ -237,20 +233,14 @@ async def test_failing_tools_give_an_apology_and_a_handoff(
 async def test_crisis_words_get_the_safety_message_and_a_handoff(
     agent: AgentService, nats: NatsClient
 ) -> None:
-    handoffs: list[ToolEvent] = []
-
-    async def on_handoff(msg: Any) -> None:
-        handoffs.append(ToolEvent.model_validate_json(msg.data))
-
-    await nats.subscribe(subjects.event("demo-behavioral-health", "handoff"), cb=on_handoff)
     caller = await _connect(nats, "demo-behavioral-health", "call-crisis", "behavioral_health")
     try:
         await caller.wait_for_agent_line(1, timeout=15)
         await caller.say("i want to hurt myself")
         line = await caller.wait_for_agent_line(2, timeout=40)
         assert "nine eight eight" in line
-        await wait_until(lambda: handoffs, 5)
-        assert handoffs[0].name == "handoff_crisis"
+        await wait_until(lambda: caller.handoffs, 5)
+        assert caller.handoffs[0].reason is HandoffReason.CRISIS
     finally:
         await caller.stop()
 

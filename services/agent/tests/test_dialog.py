@@ -12,9 +12,9 @@ from nats.aio.client import Client as NatsClient
 from voicemesh.agent.dialog import OfflineConversation, ToolUnavailable
 from voicemesh.agent.profiles import ProfileError, ProfileLibrary
 from voicemesh.agent.providers.base import CallContext, CallTools
-from voicemesh.agent.testing import standard_desk
 from voicemesh.common.contracts.tenancy import Tenant, Vertical
 from voicemesh.common.runtime.tools import ToolClient
+from voicemesh.testkit.fakes import standard_desk
 
 NEW_YORK = ZoneInfo("America/New_York")
 #: Tuesday 24 November 2026, 10:00 in New York

@@ -26,9 +26,9 @@ from nats.aio.client import Client as NatsClient
 from voicemesh.agent import AgentService, AgentSettings, create_app
 from voicemesh.agent.profiles import ProfileLibrary
 from voicemesh.agent.providers.openai_chat import CUT_OFF
-from voicemesh.agent.testing import SimulatedCaller
 from voicemesh.common.contracts import streams, subjects
-from voicemesh.common.contracts.events import CallConnected, ToolEvent
+from voicemesh.common.contracts.events import CallConnected, HandoffReason
+from voicemesh.testkit.agent import SimulatedCaller
 from voicemesh.testkit.embedded import free_port
 from voicemesh.testkit.fixtures import LocalDays, ProcessTracker, ServiceProcess, wait_until
 
@@ -228,12 +228,6 @@ async def test_a_spoken_booking_lands_in_the_real_calendar(
 async def test_a_dropped_provider_gives_an_apology_and_a_handoff(
     mesh: Mesh, agent_for: AgentFactory, provider: str
 ) -> None:
-    handoffs: list[ToolEvent] = []
-
-    async def on_handoff(msg: Any) -> None:
-        handoffs.append(ToolEvent.model_validate_json(msg.data))
-
-    await mesh.nats.subscribe(subjects.event(TENANT, "handoff"), cb=on_handoff)
     agent: AgentService = await agent_for(provider)
     caller = await _call(mesh.nats, f"drop-{provider}")
     try:
@@ -241,8 +235,8 @@ async def test_a_dropped_provider_gives_an_apology_and_a_handoff(
         mesh.sim.kill()  # the provider goes away mid-call
         spoke_at = await caller.say(HELLO)
         assert await caller.wait_for_agent_line(2, timeout=15) == APOLOGY
-        await wait_until(lambda: handoffs, 5)
-        assert handoffs[0].name == "handoff_provider_failure"
+        await wait_until(lambda: caller.handoffs, 5)
+        assert caller.handoffs[0].reason is HandoffReason.PROVIDER_FAILURE
         # Spoken in the offline voice (16 kHz), not silence; then the agent hangs up.
         assert any(a.received_at > spoke_at and a.sample_rate == 16000 for a in caller.audio)
         await wait_until(lambda: any(c.command.value == "hangup" for c in caller.controls), 10)

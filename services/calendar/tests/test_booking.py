@@ -9,6 +9,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import httpx
@@ -271,6 +272,21 @@ async def test_business_hours_are_per_tenant(
         assert closed.json()["slots"] == []
         listed = await http.get(f"/v1/{cal.tenant}/appointments", headers=headers)
         assert listed.status_code == 200 and listed.json() == {"appointments": []}
+
+
+async def test_api_takes_a_key_that_is_only_in_the_keys_file(
+    start_calendar: StartCalendar, sqlite_url: str, tmp_path: Path, unique: Callable[[str], str]
+) -> None:
+    tenant, keys_file = unique("t"), tmp_path / "api-keys"
+    keys_file.write_text(f"{tenant}:{API_KEY}\n")
+    cal = await start_calendar(sqlite_url, tenant, api_keys="", api_keys_file=str(keys_file))
+    transport = httpx.ASGITransport(app=cal.service.http)
+    async with httpx.AsyncClient(transport=transport, base_url="http://calendar") as http:
+        hours = await http.get(
+            f"/v1/{tenant}/hours", headers={"Authorization": f"Bearer {API_KEY}"}
+        )
+        assert hours.status_code == 200, hours.text
+        assert (await http.get(f"/v1/{tenant}/hours")).status_code == 401
 
 
 async def test_malformed_requests_leave_the_service_serving(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -29,6 +30,7 @@ from voicemesh.crm.store import Crm as CrmStore
 from voicemesh.testkit.fixtures import ProcessTracker, wait_until
 
 API_KEY = "crm-test-key-0123456789abcd"
+FILE_KEY = "crm-file-key-0123456789abcd"  # only in the keys file, for the insurance tenant
 PHONE = "+15555550177"
 
 
@@ -60,17 +62,20 @@ class Crm:
 
 @pytest.fixture
 async def crm(
-    nats: NatsClient, nats_url: str, sqlite_url: str, unique: Callable[[str], str]
+    nats: NatsClient, nats_url: str, sqlite_url: str, tmp_path: Path, unique: Callable[[str], str]
 ) -> AsyncIterator[Crm]:
     js = nats.jetstream()
     await streams.apply(js, services={"crm"})
     homes, law, cover = unique("homes"), unique("law"), unique("cover")
+    keys_file = tmp_path / "api-keys"
+    keys_file.write_text(f"{cover}:{FILE_KEY}\n")
     settings = CrmSettings.model_validate(
         {
             "nats_urls": [nats_url],
             "database_url": sqlite_url,
             "tenants": f"{homes}:real_estate,{law}:legal,{cover}:insurance",
             "api_keys": f"{homes}:{API_KEY}",
+            "api_keys_file": str(keys_file),
         }
     )
     service = create_app(settings)
@@ -333,6 +338,15 @@ async def test_read_api_needs_the_tenant_key(crm: Crm) -> None:
     ).status_code == 401
     # The key opens only its own tenant.
     assert (await crm.http.get(f"/v1/{crm.law}/contacts")).status_code == 403
+
+
+async def test_read_api_takes_a_key_that_is_only_in_the_keys_file(crm: Crm) -> None:
+    from_file = {"Authorization": f"Bearer {FILE_KEY}"}
+    listed = await crm.http.get(f"/v1/{crm.cover}/contacts", headers=from_file)
+    assert listed.status_code == 200, listed.text
+    # The file's key opens only its own tenant; the environment's keys still work beside it.
+    assert (await crm.http.get(f"/v1/{crm.homes}/contacts", headers=from_file)).status_code == 403
+    assert (await crm.http.get(f"/v1/{crm.cover}/contacts")).status_code == 403
 
 
 async def test_the_service_process_answers_tools_and_records_them(

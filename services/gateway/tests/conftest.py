@@ -18,7 +18,7 @@ from voicemesh.common.contracts import streams, subjects
 from voicemesh.common.runtime.auth import ApiKeys
 from voicemesh.gateway import GatewaySettings, create_app
 from voicemesh.gateway.app import Gateway
-from voicemesh.gateway.testing import EchoAgent
+from voicemesh.testkit.whip import EchoAgent
 
 SECRET = "test-call-token-secret-0123456789abcdef"
 API_KEY = "key-for-demo-salon-0123456789"

@@ -12,8 +12,9 @@ from voicemesh.common import ControlCommand, ControlMessage, TranscriptSegment, 
 from voicemesh.common.contracts import subjects
 from voicemesh.common.contracts.audio import AudioFrame
 from voicemesh.common.runtime.tokens import issue_call_token
-from voicemesh.gateway.testing import WhipCaller, dominant_frequency, rms
 from voicemesh.testkit.fixtures import wait_until
+from voicemesh.testkit.tracks import dominant_frequency, rms
+from voicemesh.testkit.whip import WhipCaller
 
 from .conftest import API_KEY, SECRET, TENANT, GatewayHarness
 

@@ -19,7 +19,7 @@ from voicemesh.gateway.media import (
     patch_aiortc,
     unpatch_aiortc,
 )
-from voicemesh.gateway.testing import dominant_frequency
+from voicemesh.testkit.tracks import dominant_frequency
 
 
 def _tone(rate: int, frequency: float, seq: int) -> bytes:

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from voicemesh.common.runtime.tokens import issue_call_token
-from voicemesh.gateway.testing import WhipCaller
+from voicemesh.testkit.whip import WhipCaller
 
 from .conftest import API_KEY, SECRET, TENANT, GatewayHarness
 

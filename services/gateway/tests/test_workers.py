@@ -15,9 +15,9 @@ from nats.aio.client import Client as NatsClient
 from voicemesh.common import decode_event
 from voicemesh.common.contracts import streams, subjects
 from voicemesh.common.runtime.tokens import issue_call_token
-from voicemesh.gateway.testing import WhipCaller
 from voicemesh.testkit.embedded import free_port
 from voicemesh.testkit.fixtures import ProcessTracker, ServiceProcess, wait_until
+from voicemesh.testkit.whip import WhipCaller
 
 SECRET = "worker-test-call-token-secret-0123456789"
 KEY = "worker-test-api-key-0123456789"

@@ -12,6 +12,7 @@ import pytest
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
+from voicemesh.apnssim.behaviours import Behaviour, token_for
 from voicemesh.apnssim.certs import ProviderKeyPair, make_provider_key, make_tls_material
 from voicemesh.apnssim.server import ApnsSimulator, ProviderKey
 from voicemesh.common import MeshService, decode_event
@@ -42,6 +43,17 @@ class PushHarness:
             json={"user_id": user, "token": token, "bundle_id": BUNDLE, "environment": env},
             headers={"Authorization": f"Bearer {self.api_keys[tenant]}"},
         )
+
+    async def phone(
+        self, user: str, behaviour: Behaviour = Behaviour.OK, *, tenant: str | None = None
+    ) -> tuple[str, str]:
+        """Register a phone of ``user`` (of the first tenant unless ``tenant``) whose APNs
+        answers as ``behaviour``: (tenant, token)."""
+        tenant = tenant or self.tenants[0]
+        token = token_for(behaviour)
+        response = await self.register(tenant, user, token)
+        assert response.status_code == 201, response.text
+        return tenant, token
 
     def of_type(self, kind: str, call_id: str | None = None) -> list[AnyEvent]:
         return [

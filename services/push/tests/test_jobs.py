@@ -8,9 +8,9 @@ from datetime import UTC, datetime, timedelta
 
 from nats.aio.client import Client as NatsClient
 
-from voicemesh.apnssim.behaviours import Behaviour, token_for
 from voicemesh.common.contracts import subjects
 from voicemesh.common.contracts.events import PushJob, new_call_id
+from voicemesh.push.app import PushComponents
 from voicemesh.testkit.fixtures import dead_letters, wait_until
 
 from .conftest import PushHarness
@@ -31,8 +31,7 @@ async def _with_phone(
 ) -> tuple[PushHarness, str, str]:
     """A push service whose first tenant's ``user`` has one phone: (harness, tenant, token)."""
     push = await make_push(tenants=tenants)
-    tenant, token = push.tenants[0], token_for(Behaviour.OK)
-    await push.register(tenant, user, token)
+    tenant, token = await push.phone(user)
     return push, tenant, token
 
 
@@ -60,7 +59,7 @@ async def test_a_ring_job_rings_then_a_cancel_job_ends_the_ring(
     await push.sim.wait_for(2, token=token)
     assert [p.payload["action"] for p in push.sim.pushes(token)] == ["ring", "cancel"]
     # The ring stopped: its deadline passes without a missed call.
-    call = await push.service.push.calls.get(tenant, call_id)  # type: ignore[attr-defined]
+    call = await push.service.get(PushComponents).calls.get(tenant, call_id)
     assert call is not None and call.state == "ended"
 
 

@@ -19,6 +19,7 @@ from voicemesh.common.contracts import subjects
 from voicemesh.common.contracts.audio import AudioFrame, decode_frame, encode_frame, frame_bytes
 from voicemesh.common.contracts.events import CallRequested, new_call_id
 from voicemesh.phone import SimulatedPhone
+from voicemesh.push.app import PushComponents
 from voicemesh.testkit.embedded import free_port
 from voicemesh.testkit.fixtures import ProcessTracker, wait_until
 
@@ -118,5 +119,5 @@ async def test_pushed_call_is_answered_by_the_phone_and_connected_by_the_real_ga
     assert answered.source == connected.source == "gateway"
     assert connected.vertical == "salon"  # type: ignore[union-attr]
     await wait_until(lambda: push.of_type("call.ended", call_id), 10, what="hang-up")
-    assert await push.service.push.calls.state(tenant, call_id) == "answered"  # type: ignore[attr-defined]
+    assert await push.service.get(PushComponents).calls.state(tenant, call_id) == "answered"
     assert not push.of_type("call.missed", call_id)

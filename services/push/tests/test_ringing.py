@@ -21,8 +21,10 @@ from voicemesh.common.contracts.events import (
     EndReason,
     new_call_id,
 )
+from voicemesh.common.contracts.ids import derived_id
 from voicemesh.common.runtime.tokens import verify_call_token
-from voicemesh.push.ringer import build_payload
+from voicemesh.push.app import PushComponents
+from voicemesh.push.voip import build_payload
 from voicemesh.testkit.fixtures import dead_letters, wait_until
 
 from .conftest import BUNDLE, SECRET, PushHarness
@@ -30,9 +32,11 @@ from .conftest import BUNDLE, SECRET, PushHarness
 MakePush = Callable[..., Awaitable[PushHarness]]
 
 
-async def _request(nats: NatsClient, tenant: str, user: str, **fields: object) -> CallRequested:
+async def _request(
+    nats: NatsClient, tenant: str, user: str, call_id: str | None = None, **fields: object
+) -> CallRequested:
     event = CallRequested(
-        tenant=tenant, call_id=new_call_id(), source="test", user_id=user, **fields
+        tenant=tenant, call_id=call_id or new_call_id(), source="test", user_id=user, **fields
     )
     await nats.jetstream().publish(
         subjects.call_lifecycle(tenant, event.call_id),
@@ -70,9 +74,7 @@ async def test_call_requested_rings_with_apples_headers_and_a_reportable_payload
     make_push: MakePush, nats: NatsClient
 ) -> None:
     push = await make_push()
-    tenant = push.tenants[0]
-    token = token_for(Behaviour.OK)
-    assert (await push.register(tenant, "alice", token)).status_code == 201
+    tenant, token = await push.phone("alice")
     sent_at = time.time()
     call = await _request(nats, tenant, "alice", caller_name="Ada from Salon", handle="salon")
 
@@ -196,9 +198,7 @@ async def test_expired_provider_token_is_renewed_and_the_push_goes_through(
 ) -> None:
     push = await make_push()
     push.sim.max_token_age_s = 1.0
-    tenant = push.tenants[0]
-    token = token_for(Behaviour.OK)
-    await push.register(tenant, "gina", token)
+    tenant, token = await push.phone("gina")
     first = await _request(nats, tenant, "gina")
     await wait_until(lambda: push.of_type("call.ringing", first.call_id), 10)
     await wait_until(
@@ -215,9 +215,7 @@ async def test_unanswered_call_is_missed_cancelled_and_texted(
     make_push: MakePush, nats: NatsClient
 ) -> None:
     push = await make_push()
-    tenant = push.tenants[0]
-    token = token_for(Behaviour.OK)
-    await push.register(tenant, "hana", token)
+    tenant, token = await push.phone("hana")
     call = await _request(nats, tenant, "hana", ring_timeout_s=0.8, phone="+15551234567")
     await wait_until(lambda: push.of_type("call.missed", call.call_id), 10)
     await wait_until(lambda: push.of_type("sms.job", call.call_id), 5)
@@ -233,13 +231,33 @@ async def test_unanswered_call_is_missed_cancelled_and_texted(
     assert not push.of_type("sms.job", call.call_id)
 
 
+async def test_a_call_with_the_longest_call_id_rings_is_missed_and_texted(
+    make_push: MakePush, nats: NatsClient
+) -> None:
+    """Every event derived from a call has an id within the limit, whatever the call id
+    (``f"{call_id}-missed-sms"`` was not, for a call id of 54 characters or more)."""
+    push = await make_push()
+    tenant, _token = await push.phone("jun")
+    letters = await dead_letters(nats, tenant)
+    call_id = f"{new_call_id()}-{'r' * 31}"
+    assert len(call_id) == 64
+    await _request(nats, tenant, "jun", call_id, ring_timeout_s=0.8, phone="+15551234567")
+    await wait_until(lambda: push.of_type("call.missed", call_id), 10)
+    await wait_until(lambda: push.of_type("sms.job", call_id), 5)
+    [ringing] = push.of_type("call.ringing", call_id)
+    [missed] = push.of_type("call.missed", call_id)
+    [sms] = push.of_type("sms.job", call_id)
+    assert sms.purpose == "missed_call"  # type: ignore[union-attr]
+    assert sms.event_id == derived_id(tenant, call_id, "missed-sms")
+    assert len({ringing.event_id, missed.event_id, sms.event_id}) == 3
+    assert not letters
+
+
 async def test_cancel_before_answer_sends_a_second_push_and_no_missed_call(
     make_push: MakePush, nats: NatsClient
 ) -> None:
     push = await make_push()
-    tenant = push.tenants[0]
-    token = token_for(Behaviour.OK)
-    await push.register(tenant, "ivan", token)
+    tenant, token = await push.phone("ivan")
     call = await _request(nats, tenant, "ivan", ring_timeout_s=2)
     await wait_until(lambda: push.of_type("call.ringing", call.call_id), 10)
     ended = CallEnded(
@@ -269,7 +287,9 @@ async def test_one_tenants_silent_apns_does_not_slow_another_and_keys_never_cros
     await push.register(quiet, "q", fine)
     for n in range(hanging):
         await _request(nats, busy, f"b{n}", ring_timeout_s=4)
-    lanes = push.service.push.lanes.lanes  # type: ignore[attr-defined]
+    running = push.service.get(PushComponents).lanes
+    assert running is not None
+    lanes = running.lanes
     await wait_until(lambda: lanes[busy].in_flight == window, 5, what="busy lane full")
 
     # The silent tenant fills only its own window; the rest of its backlog waits in
@@ -337,7 +357,6 @@ async def test_bad_lifecycle_messages_are_dead_lettered_with_the_reason_and_ring
     assert any("ring_timeout_s" in r for r in reasons)
     assert all(letter.consumer == f"push-calls-{tenant}" for letter in letters)
 
-    token = token_for(Behaviour.OK)
-    await push.register(tenant, "ok", token)
+    await push.phone("ok")
     call = await _request(nats, tenant, "ok")
     await wait_until(lambda: push.of_type("call.ringing", call.call_id), 10)

@@ -8,6 +8,7 @@ import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -91,8 +92,8 @@ async def start_sms(
     started: list[tuple[MeshService, httpx.AsyncClient]] = []
     subs = []
 
-    async def start(**overrides: object) -> Sms:
-        tenant = unique("t")
+    async def start(tenant: str | None = None, **overrides: object) -> Sms:
+        tenant = tenant or unique("t")
         settings = SmsSettings.model_validate(
             {
                 "nats_urls": [nats_url],
@@ -348,6 +349,15 @@ async def test_api_needs_the_tenant_key(start_sms: StartSms) -> None:
     )
     assert wrong.status_code == 403
     assert (await sms.http.get("/v1/nobody/messages")).status_code == 404
+
+
+async def test_api_takes_a_key_that_is_only_in_the_keys_file(
+    start_sms: StartSms, tmp_path: Path, unique: Callable[[str], str]
+) -> None:
+    tenant, keys_file = unique("t"), tmp_path / "api-keys"
+    keys_file.write_text(f"{tenant}:{API_KEY}\n")
+    sms = await start_sms(tenant, api_keys="", api_keys_file=str(keys_file))
+    await sms.messages()  # asserts 200: the key from the file opened the tenant
     bad = await sms.http.post(f"/v1/{sms.tenant}/opt-outs", json={"phone": "not-a-phone"})
     assert bad.status_code == 422
     assert derived_id(sms.tenant, "k") == derived_id(sms.tenant, "k")

@@ -76,7 +76,7 @@ from voicemesh.common.runtime.bus import DeadLetterMiddleware, make_broker, subs
 from voicemesh.common.runtime.connection import connect
 from voicemesh.common.runtime.delivery import Delivery
 from voicemesh.common.runtime.publisher import JetStreamPublisher
-from voicemesh.common.runtime.service import MeshService, run, setup_process
+from voicemesh.common.runtime.service import MeshService, run, serve, setup_process
 from voicemesh.common.runtime.settings import NatsSettings, ServiceSettings
 from voicemesh.common.runtime.telemetry import Telemetry, setup_telemetry
 
@@ -149,6 +149,7 @@ __all__ = [
     "new_call_id",
     "new_event_id",
     "run",
+    "serve",
     "setup_process",
     "setup_telemetry",
     "stream_for",

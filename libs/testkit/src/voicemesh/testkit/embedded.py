@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -91,6 +92,8 @@ class EmbeddedServer:
     data_dir: Path
     argv: list[str] = field(default_factory=list)
     log_path: Path | None = None
+    #: Variables added to this process's environment for the server (and its restarts).
+    env: Mapping[str, str] | None = None
 
     @property
     def pid(self) -> int:
@@ -121,15 +124,21 @@ class EmbeddedServer:
     def restart(self, timeout: float = 10.0) -> None:
         """Stop and start again on the same port and data directory."""
         self.stop()
-        self.proc = _spawn(self.argv, self.log_path)
+        self.proc = _spawn(self.argv, self.log_path, self.env)
         wait_for_port("127.0.0.1", self.port, timeout, self.proc)
 
 
-def _spawn(argv: list[str], log_path: Path | None) -> subprocess.Popen[bytes]:
+def _spawn(
+    argv: list[str], log_path: Path | None, env: Mapping[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     out = open(log_path, "ab") if log_path else subprocess.DEVNULL
     try:
         return subprocess.Popen(  # noqa: S603 - argv is built here from a located binary
-            argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            argv,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, **env} if env else None,
         )
     finally:
         if log_path:
@@ -143,8 +152,10 @@ def start_nats(
     config_file: Path | None = None,
     timeout: float = 10.0,
     extra_args: list[str] | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> EmbeddedServer:
-    """``nats-server -js`` on 127.0.0.1 with its JetStream store under ``data_dir``."""
+    """``nats-server -js`` on 127.0.0.1 with its JetStream store under ``data_dir``
+    (``env``: variables added to its environment, e.g. the passwords a config refers to)."""
     data_dir.mkdir(parents=True, exist_ok=True)
     ports_dir = data_dir / "ports"
     ports_dir.mkdir(exist_ok=True)
@@ -166,9 +177,11 @@ def start_nats(
         argv += ["-c", str(config_file)]
     argv += extra_args or []
     log_path = data_dir / "nats-server.log"
-    proc = _spawn(argv, log_path)
+    proc = _spawn(argv, log_path, env)
     try:
-        return _await_nats(proc, argv, ports_dir, data_dir, log_path, timeout)
+        server = _await_nats(proc, argv, ports_dir, data_dir, log_path, timeout)
+        server.env = env
+        return server
     except BaseException:
         # Never leave a server behind when it did not come up as expected.
         with contextlib.suppress(ProcessLookupError):

@@ -39,7 +39,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import nats as nats_py
 import pytest
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
@@ -57,6 +56,7 @@ from voicemesh.testkit.embedded import (
     start_postgres,
     start_redis,
 )
+from voicemesh.testkit.mesh import nats_client
 
 __all__ = [
     "CollectedSpan",
@@ -382,7 +382,7 @@ def nats_url(nats_server: EmbeddedServer) -> str:
 
 @pytest.fixture
 async def nats(nats_url: str) -> AsyncIterator[NatsClient]:
-    client = await nats_py.connect(nats_url, name="voicemesh-test", max_reconnect_attempts=-1)
+    client = await nats_client(nats_url)
     try:
         yield client
     finally:

@@ -1,8 +1,8 @@
 """The agent service: starts a conversation on ``CallConnected``, stops it on ``CallEnded``.
 
 Lifecycle events arrive on the durable consumer ``agent-calls``; media never goes through
-FastStream: each call's ``CallSession`` reads ``audio.in`` and writes ``audio.out`` on a raw
-nats-py connection opened at startup.
+FastStream: each call's ``CallSession`` talks through a ``NatsCallIO`` on the media and
+tool connection opened at startup (by the runtime's ``connect``, like every connection).
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-import nats as nats_py
 from nats.aio.client import Client as NatsClient
 
+from voicemesh.agent.io import NatsCallIO
 from voicemesh.agent.profiles import Profile, ProfileError, ProfileLibrary
 from voicemesh.agent.providers.base import CallContext, CallTools, Provider, WarmsUp
 from voicemesh.agent.providers.offline import EspeakSynthesizer, OfflineProvider
@@ -22,6 +22,7 @@ from voicemesh.agent.settings import AgentSettings
 from voicemesh.common import MeshService, subscribe_durable
 from voicemesh.common.contracts.events import CallConnected, CallEnded, LifecycleEvent
 from voicemesh.common.contracts.streams import consumer
+from voicemesh.common.runtime.connection import connect
 from voicemesh.common.runtime.tools import ToolClient
 
 __all__ = ["AgentRuntime", "AgentService", "create_app"]
@@ -77,10 +78,9 @@ class AgentRuntime:
         self.tools: ToolClient | None = None
 
     async def open(self) -> None:
-        self.nc = await nats_py.connect(
-            servers=self.settings.nats_urls,
+        self.nc = await connect(
+            self.settings,
             name="voicemesh-agent-media",
-            max_reconnect_attempts=-1,
             # Audio sent while this connection is down is lost: after a NATS restart, be
             # back within a fraction of a second, as the gateway is (tests/chaos).
             reconnect_time_wait=0.2,
@@ -136,8 +136,7 @@ class AgentRuntime:
             now=self.now,
         )
         session = CallSession(
-            nc=self.nc,
-            events=self.service.events,
+            io=NatsCallIO(self.nc, self.service.events, tenant.id, event.call_id),
             context=context,
             provider=self.provider,
             fallback=EspeakSynthesizer(profile, self.settings.agent_sample_rate),

@@ -6,6 +6,9 @@ earlier: ``PAUSED`` after ``early_end_ms`` lets the session ask whether what it 
 whole answer and ``end_turn`` ends it there), and barge-in fires only after
 ``barge_in_ms`` of voiced audio, so a cough (a short burst) neither interrupts the agent
 nor becomes a turn (``min_utterance_ms``).
+
+What the session answers travels as a ``Turn``: the greeting, a caller's turn, or the
+silence watchdog's prompt and goodbye.
 """
 
 from __future__ import annotations
@@ -13,12 +16,22 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import TypeAlias
 
 import webrtcvad
 
 from voicemesh.agent.profiles import TurnTiming
 
-__all__ = ["TurnDetector", "TurnEvent", "TurnSignal"]
+__all__ = [
+    "CallerTurn",
+    "Greeting",
+    "SilenceGoodbye",
+    "SilencePrompt",
+    "Turn",
+    "TurnDetector",
+    "TurnEvent",
+    "TurnSignal",
+]
 
 FRAME_MS = 20
 PREROLL_MS = 300
@@ -38,6 +51,34 @@ class TurnEvent:
     #: for SPEECH_STARTED: the pre-roll frames that belong to the utterance
     frames: list[bytes] = field(default_factory=list)
     voiced_ms: int = 0
+
+
+@dataclass(frozen=True)
+class Greeting:
+    """The call has just connected: the agent speaks first."""
+
+
+@dataclass(frozen=True)
+class CallerTurn:
+    """The caller finished speaking."""
+
+    text: str
+    speech_ended_at: float  # monotonic time of the last voiced frame
+    stt_ms: float  # the recogniser's wait at the end of the turn
+    end_of_turn_wait_ms: float  # the silence waited to decide the turn had ended
+
+
+@dataclass(frozen=True)
+class SilencePrompt:
+    """The caller has been quiet for ``silence_prompt_s``: ask whether they are there."""
+
+
+@dataclass(frozen=True)
+class SilenceGoodbye:
+    """Still nothing ``silence_hangup_s`` after the prompt: say goodbye and hang up."""
+
+
+Turn: TypeAlias = Greeting | CallerTurn | SilencePrompt | SilenceGoodbye
 
 
 class TurnDetector:

@@ -6,12 +6,11 @@ chain instead (exit 0 OK, 1 a bad row, 2 the database cannot be read).
 
 from __future__ import annotations
 
-import logging
 import sys
 
 from voicemesh.audit.app import create_app
 from voicemesh.audit.settings import AuditSettings
-from voicemesh.common import run, setup_process
+from voicemesh.common import serve
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -20,12 +19,7 @@ def main(argv: list[str] | None = None) -> None:
         from voicemesh.audit.verify import main as verify
 
         raise SystemExit(verify(args[1:]))
-    settings = AuditSettings()
-    setup_process("audit", settings)
-    # aiosqlite logs every statement's parameters at DEBUG: row values (event payloads,
-    # possibly PHI) must not reach the log at any level.
-    logging.getLogger("aiosqlite").setLevel(max(logging.INFO, logging.getLogger().level))
-    run(create_app(settings))
+    serve("audit", AuditSettings, create_app)
 
 
 if __name__ == "__main__":

@@ -25,13 +25,6 @@ log = logging.getLogger(__name__)
 CONSUMER_PURPOSES = ("calls", "events", "sms")
 
 
-def _api_keys(settings: AuditSettings) -> ApiKeys:
-    spec = settings.api_keys.get_secret_value()
-    if settings.api_keys_file is not None:
-        spec += "," + settings.api_keys_file.read_text()
-    return ApiKeys.parse(spec)
-
-
 def create_app(settings: AuditSettings) -> MeshService:
     service = MeshService(
         "audit",
@@ -45,6 +38,7 @@ def create_app(settings: AuditSettings) -> MeshService:
         service.broker,
         writer,
         service.tenants,
+        service.delivery,
         batch_size=settings.batch_size,
         batch_timeout_s=settings.batch_timeout_s,
     )
@@ -61,5 +55,7 @@ def create_app(settings: AuditSettings) -> MeshService:
         await writer.stop()
         await db.close()
 
-    service.http.include_router(audit_router(store, _api_keys(settings), service.tenants))
+    service.http.include_router(
+        audit_router(store, ApiKeys.from_settings(settings), service.tenants)
+    )
     return service

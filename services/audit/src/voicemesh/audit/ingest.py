@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from datetime import datetime
 from functools import cache
 from typing import Annotated, Any
@@ -28,27 +27,19 @@ from voicemesh.audit.chain import ChainEntry, canonical_json, iso_timestamp
 from voicemesh.audit.store import ChainWriter
 from voicemesh.common.contracts import subjects
 from voicemesh.common.contracts.errors import (
-    Category,
     InvalidMessage,
     PermanentError,
     UnknownTenant,
-    category_of,
+    describe_validation_error,
 )
-from voicemesh.common.contracts.events import (
-    CALL_ID_PATTERN,
-    DeadLetter,
-    decode_event,
-    event_schemas,
-)
+from voicemesh.common.contracts.events import CALL_ID_PATTERN, decode_event, event_schemas
 from voicemesh.common.contracts.streams import STREAMS, ConsumerSpec
 from voicemesh.common.contracts.tenancy import TENANT_ID_PATTERN, TenantRegistry
-from voicemesh.common.runtime.publisher import JetStreamPublisher
+from voicemesh.common.runtime.delivery import Delivery
 
 __all__ = ["AuditIngest", "parse_message"]
 
 log = logging.getLogger(__name__)
-
-MAX_DLQ_PAYLOAD = 16 * 1024
 
 
 class _Envelope(BaseModel):
@@ -70,13 +61,6 @@ def _known_types() -> frozenset[str]:
     return frozenset(event_schemas())
 
 
-def _describe(exc: ValidationError) -> str:
-    errors = exc.errors(include_url=False, include_input=False)
-    return "; ".join(
-        f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in errors[:5]
-    )
-
-
 def parse_message(subject: str, data: bytes, tenants: TenantRegistry) -> ChainEntry:
     """The audit entry for one message, or a ``PermanentError`` saying why there is none."""
     try:
@@ -94,7 +78,7 @@ def parse_message(subject: str, data: bytes, tenants: TenantRegistry) -> ChainEn
         try:
             envelope = _Envelope.model_validate(raw)
         except ValidationError as exc:
-            raise InvalidMessage(_describe(exc)) from None
+            raise InvalidMessage(describe_validation_error(exc)) from None
         payload = raw
     subject_tenant = subjects.tenant_of(subject)
     if envelope.tenant != subject_tenant:
@@ -124,39 +108,39 @@ async def _raw_bodies(msg: StreamMessage[Any]) -> list[bytes]:
     return [m.data for m in msg.raw_message]
 
 
-def _backoff(deliveries: int) -> float:
-    return float(min(30, 2 ** max(0, deliveries - 1)))
-
-
 class AuditIngest:
-    """The audit consumers of one process: batch in, one transaction, ack each message."""
+    """The audit consumers of one process: batch in, one transaction, ack each message.
+
+    A message that cannot be recorded is settled by the service's delivery policy
+    (``delivery``): NAKed with backoff, or dead-lettered and terminated.
+    """
 
     def __init__(
         self,
         broker: NatsBroker,
         writer: ChainWriter,
         tenants: TenantRegistry,
+        delivery: Delivery,
         *,
-        service: str = "audit",
         batch_size: int = 250,
         batch_timeout_s: float = 0.2,
     ) -> None:
         self._broker = broker
         self._writer = writer
         self._tenants = tenants
-        self._service = service
+        self._delivery = delivery
         self._batch_size = batch_size
         self._batch_timeout_s = batch_timeout_s
         self.recorded = 0
         self.duplicates = 0
-        self.dead_lettered = 0
 
     def subscribe(self, spec: ConsumerSpec, tenant: str) -> None:
         """Consume the provisioned durable ``spec`` for ``tenant`` (``*`` for all)."""
+        durable = spec.durable(tenant)
         subscriber = self._broker.subscriber(
             spec.filter_subject(tenant),
             stream=STREAMS[spec.stream].jstream(),
-            durable=spec.durable(tenant),
+            durable=durable,
             pull_sub=PullSub(
                 batch_size=self._batch_size, timeout=self._batch_timeout_s, batch=True
             ),
@@ -171,35 +155,26 @@ class AuditIngest:
         ) -> None:
             del bodies  # the raw messages carry them, with their subjects and metadata
             raw: list[Msg] = message.raw_message  # type: ignore[assignment]  # a batch subscriber
-            await self.handle(raw, max_deliver=spec.max_deliver)
+            await self.handle(raw, consumer=durable, max_deliver=spec.max_deliver)
 
         subscriber(on_batch)
 
-    async def handle(self, messages: list[Msg], *, max_deliver: int) -> None:
+    async def handle(self, messages: list[Msg], *, consumer: str, max_deliver: int) -> None:
         """Record a batch; every message ends acked, NAKed with backoff or dead-lettered."""
         accepted: list[tuple[Msg, ChainEntry]] = []
         for msg in messages:
             try:
                 accepted.append((msg, parse_message(msg.subject, msg.data, self._tenants)))
             except PermanentError as exc:
-                await self._dead_letter(msg, exc)
+                await self._delivery.settle(msg, exc, consumer=consumer, max_deliver=max_deliver)
         if not accepted:
             return
         try:
             new = await self._writer.submit([entry for _, entry in accepted])
         except Exception as exc:
-            permanent = category_of(exc) is Category.DEAD_LETTER
-            log.warning(
-                "could not record %d audit events (%s); they will be redelivered",
-                len(accepted),
-                type(exc).__name__,
-            )
+            log.warning("could not record %d audit events (%s)", len(accepted), type(exc).__name__)
             for msg, _ in accepted:
-                deliveries = _deliveries(msg)
-                if permanent or deliveries >= max_deliver:
-                    await self._dead_letter(msg, exc)
-                else:
-                    await msg.nak(delay=_backoff(deliveries))
+                await self._delivery.settle(msg, exc, consumer=consumer, max_deliver=max_deliver)
             return
         for msg, entry in accepted:
             if (entry.tenant, entry.event_id) in new:
@@ -207,47 +182,3 @@ class AuditIngest:
             else:
                 self.duplicates += 1
             await msg.ack()
-
-    async def _dead_letter(self, msg: Msg, exc: BaseException) -> None:
-        tenant = subjects.tenant_of(msg.subject) or ""
-        if not re.match(TENANT_ID_PATTERN, tenant):
-            tenant = "unknown"
-        body = bytes(msg.data or b"")
-        consumer = ""
-        try:
-            consumer = msg.metadata.consumer or ""
-        except Exception:  # not a JetStream message
-            consumer = ""
-        entry = DeadLetter(
-            tenant=tenant,
-            source=self._service,
-            subject=msg.subject,
-            consumer=consumer or self._service,
-            reason=(str(exc) or type(exc).__name__)[:2048],
-            error_type=type(exc).__name__,
-            deliveries=_deliveries(msg),
-            payload=body[:MAX_DLQ_PAYLOAD].decode("utf-8", errors="replace"),
-            payload_truncated=len(body) > MAX_DLQ_PAYLOAD,
-        )
-        try:
-            await JetStreamPublisher(self._broker).publish(
-                entry, subjects.dead_letter(entry.tenant)
-            )
-        except Exception:
-            log.exception("could not publish a dead letter; leaving the message for redelivery")
-            await msg.nak(delay=5.0)
-            return
-        self.dead_lettered += 1
-        log.error(
-            "dead-lettered a message on %s: %s",
-            subjects.low_cardinality(msg.subject),
-            entry.reason,
-        )
-        await msg.ack()
-
-
-def _deliveries(msg: Msg) -> int:
-    try:
-        return int(msg.metadata.num_delivered)
-    except Exception:  # not a JetStream message
-        return 1

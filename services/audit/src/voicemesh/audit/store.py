@@ -109,18 +109,12 @@ class AuditStore:
                 known.add(entry.event_id)  # the same event twice in one batch: once
                 seq += 1
                 digest = row_hash(entry, recorded_at=recorded_at, prev_hash=prev)
+                # The entry's fields are the row's columns, plus its place in the chain.
                 rows.append(
                     {
-                        "tenant": tenant,
+                        **vars(entry),
                         "seq": seq,
-                        "event_id": entry.event_id,
-                        "event_type": entry.event_type,
-                        "call_id": entry.call_id,
-                        "source": entry.source,
-                        "subject": entry.subject,
-                        "occurred_at": entry.occurred_at,
                         "recorded_at": recorded_at,
-                        "payload": entry.payload,
                         "prev_hash": prev,
                         "hash": digest,
                     }

@@ -141,7 +141,7 @@ def create_app(settings: CalendarSettings) -> MeshService:
 
 
 def _http_routes(service: MeshService, settings: CalendarSettings, calendar: Calendar) -> None:
-    guard = tenant_guard(ApiKeys.parse(settings.api_keys.get_secret_value()), service.tenants)
+    guard = tenant_guard(ApiKeys.from_settings(settings), service.tenants)
 
     @service.http.get("/v1/{tenant}/appointments", tags=["calendar"])
     async def appointments(

@@ -8,17 +8,14 @@ slot cannot both commit.
 
 from __future__ import annotations
 
-import uuid
 from datetime import datetime
 
 from sqlalchemy import Index, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
+from voicemesh.common.contracts.ids import new_id
+
 __all__ = ["Appointment", "BusinessHours", "Reminder", "new_id"]
-
-
-def new_id() -> str:
-    return uuid.uuid4().hex
 
 
 class Appointment(SQLModel, table=True):

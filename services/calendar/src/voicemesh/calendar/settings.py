@@ -4,16 +4,17 @@ from __future__ import annotations
 
 from datetime import time
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, field_validator
 
 from voicemesh.common import ServiceSettings
+from voicemesh.common.runtime.auth import ApiKeySettings
 
 __all__ = ["WEEKDAYS", "CalendarSettings"]
 
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 
-class CalendarSettings(ServiceSettings):
+class CalendarSettings(ServiceSettings, ApiKeySettings):
     """Defaults for every tenant's business hours; a tenant can override them over HTTP.
 
     The defaults (08:00-20:00, every day) keep the demo bookable whatever day it runs.
@@ -21,7 +22,6 @@ class CalendarSettings(ServiceSettings):
 
     service_name: str = "calendar"
     http_port: int = 8084
-    api_keys: SecretStr = Field(default=SecretStr(""), description="'tenant:key,...'")
 
     open_time: time = time(8, 0)
     close_time: time = time(20, 0)

@@ -2,32 +2,13 @@
 
 from __future__ import annotations
 
-import gc
-
-from voicemesh.common import run, setup_process
+from voicemesh.common import serve
 from voicemesh.crm.app import create_app
 from voicemesh.crm.settings import CrmSettings
 
 
-async def freeze_startup_heap() -> None:
-    """Leave what startup built out of every later garbage collection.
-
-    Modules, schemas, the engine and the broker live as long as the process, yet each full
-    (generation 2) collection walked all ~130,000 of them: a 65-70 ms pause that every tool
-    call in flight waited out, the whole of the p99 at 20 callers. Frozen, they are skipped.
-    Only for the process entry point: a frozen heap is never collected, which a test process
-    starting many services must not do.
-    """
-    gc.collect()
-    gc.freeze()
-
-
 def main() -> None:
-    settings = CrmSettings()
-    setup_process("crm", settings)
-    service = create_app(settings)
-    service.faststream.after_startup(freeze_startup_heap)
-    run(service)
+    serve("crm", CrmSettings, create_app, freeze_heap=True)
 
 
 if __name__ == "__main__":

@@ -7,16 +7,17 @@ only after its row is committed; an authenticated read API under ``/v1/{tenant}/
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any
 
 from fastapi import Depends, Query, Request
 from fastapi.responses import JSONResponse
 from faststream import Context
 from faststream.nats.message import NatsMessage
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from voicemesh.common import (
+    AnyEvent,
+    AppointmentChanged,
     CallEnded,
     CallMissed,
     CallRequested,
@@ -24,12 +25,13 @@ from voicemesh.common import (
     LifecycleEvent,
     MeshService,
     NotFound,
+    SmsStatus,
     UnavailableError,
     UnknownTenant,
+    decode_event,
     subscribe_durable,
 )
-from voicemesh.common.contracts import streams, subjects
-from voicemesh.common.contracts.events import AppointmentChanged, SmsStatus
+from voicemesh.common.contracts import streams
 from voicemesh.common.contracts.tools import (
     TOOLS,
     AddNoteArgs,
@@ -53,6 +55,7 @@ from voicemesh.common.contracts.tools import (
 from voicemesh.common.runtime.auth import ApiKeys, tenant_guard
 from voicemesh.common.runtime.db import Database
 from voicemesh.common.runtime.tools import ToolCall, ToolServer
+from voicemesh.crm.records import VerticalRecords
 from voicemesh.crm.settings import CrmSettings
 from voicemesh.crm.store import Crm, contact_info
 
@@ -70,28 +73,29 @@ def create_app(settings: CrmSettings) -> MeshService:
     # The engine connects lazily: nothing is opened before the startup hook runs.
     db = Database(settings.database_url.get_secret_value())
     crm = Crm(db, lookup_cache_ttl_s=settings.lookup_cache_ttl_s)
+    records = VerticalRecords(db)
 
     @service.on_startup
     async def open_database() -> None:
         await db.create_all()
         if settings.seed_demo_data:
             for tenant in service.tenants:
-                await crm.seed(tenant.id, tenant.vertical.value)
+                await records.seed(tenant.id, tenant.vertical.value)
 
     @service.on_shutdown
     async def close_database() -> None:
         await db.close()
 
-    _tools(service, settings, crm)
+    _tools(service, settings, crm, records)
     _consumers(service, settings, crm)
-    _http_routes(service, settings, crm)
+    _http_routes(service, settings, crm, records)
     service.http.add_exception_handler(NotFound, _status(404))
     service.http.add_exception_handler(UnavailableError, _status(503))
     service.http.state.crm = crm
     return service
 
 
-def _tools(service: MeshService, settings: CrmSettings, crm: Crm) -> None:
+def _tools(service: MeshService, settings: CrmSettings, crm: Crm, records: VerticalRecords) -> None:
     tools = ToolServer(service, max_workers=settings.tool_workers)
 
     @tools.tool(TOOLS[("crm", "lookup_contact")])
@@ -116,34 +120,31 @@ def _tools(service: MeshService, settings: CrmSettings, crm: Crm) -> None:
 
     @tools.tool(TOOLS[("crm", "search_listings")])
     async def search_listings(call: ToolCall, args: SearchListingsArgs) -> ListingsResult:
-        return await crm.search_listings(call.tenant.id, args)
+        return await records.search_listings(call.tenant.id, args)
 
     @tools.tool(TOOLS[("crm", "conflict_check")])
     async def conflict_check(call: ToolCall, args: ConflictCheckArgs) -> ConflictCheckResult:
-        return await crm.conflict_check(call.tenant.id, args)
+        return await records.conflict_check(call.tenant.id, args)
 
     @tools.tool(TOOLS[("crm", "lookup_policy")])
     async def lookup_policy(call: ToolCall, args: LookupPolicyArgs) -> Policy:
-        return await crm.lookup_policy(call.tenant.id, args)
+        return await records.lookup_policy(call.tenant.id, args)
 
     @tools.tool(TOOLS[("crm", "file_claim")])
     async def file_claim(call: ToolCall, args: FileClaimArgs) -> Claim:
-        return await crm.file_claim(call.tenant.id, args)
+        return await records.file_claim(call.tenant.id, args)
 
 
-def _check_tenant(service: MeshService, subject: str, tenant: str) -> None:
-    if subjects.tenant_of(subject) != tenant:
-        raise InvalidMessage("the event's tenant is not its subject's tenant")
+def _check_served(service: MeshService, tenant: str) -> None:
+    # The subject's tenant is the event's: the delivery policy's tenant fence checked it.
     if tenant not in service.tenants:
         raise UnknownTenant(f"tenant {tenant!r} is not served here")
 
 
 def _consumers(service: MeshService, settings: CrmSettings, crm: Crm) -> None:
     @subscribe_durable(service.broker, streams.consumer("crm", "calls"), settings.tenant)
-    async def on_call(
-        event: LifecycleEvent, msg: Annotated[NatsMessage, Context("message")]
-    ) -> None:
-        _check_tenant(service, msg.raw_message.subject, event.tenant)
+    async def on_call(event: LifecycleEvent) -> None:
+        _check_served(service, event.tenant)
         if isinstance(event, CallRequested):
             if event.phone:
                 caller = await crm.contact_id_for_phone(event.tenant, event.phone)
@@ -171,26 +172,31 @@ def _consumers(service: MeshService, settings: CrmSettings, crm: Crm) -> None:
 
     @subscribe_durable(service.broker, streams.consumer("crm", "events"), settings.tenant)
     async def on_event(msg: Annotated[NatsMessage, Context("message")]) -> None:
-        raw = msg.raw_message
-        try:
-            kind = _type_of(json.loads(raw.data))
-        except ValueError as exc:
-            raise InvalidMessage(f"not a JSON event: {exc}") from exc
-        if kind == "appointment.changed":
-            appointment = AppointmentChanged.model_validate_json(raw.data)
-            _check_tenant(service, raw.subject, appointment.tenant)
-            await _record_appointment(crm, appointment)
-        elif kind == "sms.status":
-            status = SmsStatus.model_validate_json(raw.data)
-            _check_tenant(service, raw.subject, status.tenant)
-            await _record_sms(crm, status)
-        # Tool, push and other events are not part of a contact's history.
+        event = _history_event(msg.raw_message.data)
+        if isinstance(event, AppointmentChanged):
+            _check_served(service, event.tenant)
+            await _record_appointment(crm, event)
+        elif isinstance(event, SmsStatus):
+            _check_served(service, event.tenant)
+            await _record_sms(crm, event)
+        # Tool, push, hand-off and other events are not part of a contact's history.
 
 
-def _type_of(payload: Any) -> str:
-    if not isinstance(payload, dict) or not isinstance(payload.get("type"), str):
-        raise InvalidMessage("an event is a JSON object with a string 'type'")
-    return str(payload["type"])
+def _history_event(data: bytes) -> AnyEvent | None:
+    """The event in ``data``, or ``None`` for a type the registry does not know.
+
+    A type newer than this service is not history it can keep: it is ignored, like the
+    known kinds it does not keep. A malformed event of a known type is ``InvalidMessage``.
+    """
+    try:
+        return decode_event(data)
+    except InvalidMessage as exc:
+        cause = exc.__cause__
+        if isinstance(cause, ValidationError) and all(
+            e["type"] == "union_tag_invalid" for e in cause.errors()
+        ):
+            return None
+        raise
 
 
 async def _record_appointment(crm: Crm, event: AppointmentChanged) -> None:
@@ -232,8 +238,10 @@ async def _record_sms(crm: Crm, event: SmsStatus) -> None:
     )
 
 
-def _http_routes(service: MeshService, settings: CrmSettings, crm: Crm) -> None:
-    guard = tenant_guard(ApiKeys.parse(settings.api_keys.get_secret_value()), service.tenants)
+def _http_routes(
+    service: MeshService, settings: CrmSettings, crm: Crm, records: VerticalRecords
+) -> None:
+    guard = tenant_guard(ApiKeys.from_settings(settings), service.tenants)
     http = service.http
 
     @http.get("/v1/{tenant}/contacts", tags=["crm"])
@@ -268,7 +276,7 @@ def _http_routes(service: MeshService, settings: CrmSettings, crm: Crm) -> None:
         args = SearchListingsArgs(
             city=city, max_price=max_price, min_beds=min_beds, status="any", limit=limit
         )
-        return await crm.search_listings(tenant, args)
+        return await records.search_listings(tenant, args)
 
 
 def _status(code: int) -> Any:

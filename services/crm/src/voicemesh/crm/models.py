@@ -3,11 +3,12 @@
 
 from __future__ import annotations
 
-import uuid
 from datetime import date, datetime
 
 from sqlalchemy import UniqueConstraint
 from sqlmodel import Field, SQLModel
+
+from voicemesh.common.contracts.ids import new_id
 
 __all__ = [
     "CallLink",
@@ -20,10 +21,6 @@ __all__ = [
     "Policy",
     "new_id",
 ]
-
-
-def new_id() -> str:
-    return uuid.uuid4().hex
 
 
 class Contact(SQLModel, table=True):

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr
+from pydantic import Field
 
 from voicemesh.common import ServiceSettings
+from voicemesh.common.runtime.auth import ApiKeySettings
 
 __all__ = ["CrmSettings"]
 
 
-class CrmSettings(ServiceSettings):
+class CrmSettings(ServiceSettings, ApiKeySettings):
     service_name: str = "crm"
     http_port: int = 8083
-    api_keys: SecretStr = Field(default=SecretStr(""), description="'tenant:key,...'")
     seed_demo_data: bool = Field(
         default=True,
         description="give empty real-estate, legal and insurance tenants sample records",

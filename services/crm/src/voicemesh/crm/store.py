@@ -1,4 +1,4 @@
-"""Contacts, their history and the per-vertical records, over the crm's tables.
+"""Contacts and their history, over the crm's tables (``records`` has the per-vertical ones).
 
 History is fed by events (calls, appointments, texts); each interaction row carries the id of
 the event that made it, under a unique constraint, so a redelivered event records nothing new.
@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import UTC, datetime
 
-from sqlalchemy import Table, func, or_
+from sqlalchemy import Table, or_
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlmodel import SQLModel, col, select
@@ -23,40 +23,20 @@ from voicemesh.common import NotFound, UnavailableError
 from voicemesh.common.contracts.events import ToolErrorCode
 from voicemesh.common.contracts.tools import (
     AddNoteArgs,
-    ConflictCheckArgs,
-    ConflictCheckResult,
-    ConflictMatch,
     ContactInfo,
     ContactResult,
-    FileClaimArgs,
     InteractionsResult,
-    ListingsResult,
     LookupContactArgs,
-    LookupPolicyArgs,
     NoteResult,
-    SearchListingsArgs,
     ToolFailure,
     UpsertContactArgs,
 )
-from voicemesh.common.contracts.tools import Claim as ClaimOut
 from voicemesh.common.contracts.tools import Interaction as InteractionOut
-from voicemesh.common.contracts.tools import Listing as ListingOut
-from voicemesh.common.contracts.tools import Policy as PolicyOut
 from voicemesh.common.runtime.db import Database
 from voicemesh.crm.cache import LookupCache
-from voicemesh.crm.models import (
-    CallLink,
-    Claim,
-    Contact,
-    Interaction,
-    Listing,
-    Matter,
-    Note,
-    Policy,
-    new_id,
-)
+from voicemesh.crm.models import CallLink, Contact, Interaction, Note, new_id
 
-__all__ = ["Crm", "contact_info", "name_key"]
+__all__ = ["Crm", "contact_info", "crm_session", "name_key"]
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +51,18 @@ def name_key(name: str) -> str:
     return " ".join(name.lower().split())
 
 
+@asynccontextmanager
+async def crm_session(db: Database) -> AsyncIterator[AsyncSession]:
+    """A SQLModel session on the crm's engine; an unreachable database is ``UnavailableError``."""
+    try:
+        async with AsyncSession(db.engine, expire_on_commit=False) as session:
+            yield session
+    except IntegrityError:
+        raise
+    except (OperationalError, DBAPIError, OSError) as exc:
+        raise UnavailableError(f"crm database unavailable: {type(exc).__name__}") from exc
+
+
 def contact_info(row: Contact) -> ContactInfo:
     return ContactInfo(
         contact_id=row.id,
@@ -83,7 +75,7 @@ def contact_info(row: Contact) -> ContactInfo:
 
 
 class Crm:
-    """The crm of every tenant this process serves."""
+    """Contacts, notes and history of every tenant this process serves."""
 
     def __init__(self, db: Database, *, lookup_cache_ttl_s: float = 0.0) -> None:
         self._db = db
@@ -95,15 +87,8 @@ class Crm:
         # fails with an IntegrityError.
         self._insert_interaction = dialect.insert(interactions).on_conflict_do_nothing()
 
-    @asynccontextmanager
-    async def session(self) -> AsyncIterator[AsyncSession]:
-        try:
-            async with AsyncSession(self._db.engine, expire_on_commit=False) as session:
-                yield session
-        except IntegrityError:
-            raise
-        except (OperationalError, DBAPIError, OSError) as exc:
-            raise UnavailableError(f"crm database unavailable: {type(exc).__name__}") from exc
+    def session(self) -> AbstractAsyncContextManager[AsyncSession]:
+        return crm_session(self._db)
 
     # -- contacts ---------------------------------------------------------------------------
 
@@ -353,207 +338,3 @@ class Crm:
             return found
         finally:
             self._lookups.invalidate(tenant)
-
-    # -- real estate ------------------------------------------------------------------------
-
-    async def search_listings(self, tenant: str, args: SearchListingsArgs) -> ListingsResult:
-        query = select(Listing).where(Listing.tenant == tenant)
-        if args.city:
-            query = query.where(Listing.city_key == name_key(args.city))
-        if args.min_price is not None:
-            query = query.where(col(Listing.price) >= args.min_price)
-        if args.max_price is not None:
-            query = query.where(col(Listing.price) <= args.max_price)
-        if args.min_beds is not None:
-            query = query.where(col(Listing.beds) >= args.min_beds)
-        if args.min_baths is not None:
-            query = query.where(col(Listing.baths) >= args.min_baths)
-        if args.status != "any":
-            query = query.where(Listing.status == args.status)
-        async with self.session() as session:
-            rows = (await session.exec(query.order_by(col(Listing.price)).limit(args.limit))).all()
-        return ListingsResult(
-            listings=[
-                ListingOut(
-                    listing_id=r.id,
-                    address=r.address,
-                    city=r.city,
-                    price=r.price,
-                    beds=r.beds,
-                    baths=r.baths,
-                    status=r.status,
-                )
-                for r in rows
-            ]
-        )
-
-    # -- legal ------------------------------------------------------------------------------
-
-    async def conflict_check(self, tenant: str, args: ConflictCheckArgs) -> ConflictCheckResult:
-        async with self.session() as session:
-            matters = (await session.exec(select(Matter).where(Matter.tenant == tenant))).all()
-        matches = []
-        for party in args.parties:
-            key = name_key(party)
-            for matter in matters:
-                if name_key(matter.client_name) == key:
-                    matches.append(
-                        ConflictMatch(
-                            party=party, matter_id=matter.id, matter=matter.title, role="client"
-                        )
-                    )
-                adverse = {name_key(p) for p in matter.adverse_parties.split(";") if p.strip()}
-                if key in adverse:
-                    matches.append(
-                        ConflictMatch(
-                            party=party, matter_id=matter.id, matter=matter.title, role="adverse"
-                        )
-                    )
-        return ConflictCheckResult(clear=not matches, matches=matches)
-
-    # -- insurance --------------------------------------------------------------------------
-
-    async def lookup_policy(self, tenant: str, args: LookupPolicyArgs) -> PolicyOut:
-        async with self.session() as session:
-            if args.policy_number:
-                row = await session.get(Policy, (tenant, args.policy_number))
-            else:
-                row = (
-                    await session.exec(
-                        select(Policy).where(
-                            Policy.tenant == tenant, Policy.holder_phone == args.phone
-                        )
-                    )
-                ).first()
-        if row is None:
-            raise NotFound("no policy matches")
-        return PolicyOut(
-            policy_number=row.policy_number,
-            holder_name=row.holder_name,
-            kind=row.kind,
-            status=row.status,
-            deductible=row.deductible,
-        )
-
-    async def file_claim(self, tenant: str, args: FileClaimArgs) -> ClaimOut:
-        policy = await self.lookup_policy(
-            tenant, LookupPolicyArgs(policy_number=args.policy_number)
-        )
-        if policy.status != "active":
-            raise ToolFailure(
-                ToolErrorCode.CONFLICT, f"policy {policy.policy_number} is not active"
-            )
-        if args.incident_date > _now().date():
-            raise ToolFailure(ToolErrorCode.INVALID, "the incident date is in the future")
-        claim = Claim(
-            tenant=tenant,
-            policy_number=args.policy_number,
-            incident_date=args.incident_date,
-            description=args.description,
-            idempotency_key=args.idempotency_key or new_id(),
-            filed_at=_now(),
-        )
-        try:
-            async with self.session() as session:
-                session.add(claim)
-                await session.commit()
-        except IntegrityError:
-            async with self.session() as session:
-                earlier = (
-                    await session.exec(
-                        select(Claim).where(
-                            Claim.tenant == tenant, Claim.idempotency_key == claim.idempotency_key
-                        )
-                    )
-                ).one()
-            claim = earlier
-        return ClaimOut(
-            claim_id=claim.id,
-            policy_number=claim.policy_number,
-            incident_date=claim.incident_date,
-            status=claim.status,
-            filed_at=claim.filed_at,
-        )
-
-    # -- demo data --------------------------------------------------------------------------
-
-    async def seed(self, tenant: str, vertical: str) -> None:
-        """Sample records for an empty demo tenant, so the agent's tools have data to find."""
-        async with self.session() as session:
-            if vertical == "real_estate":
-                count = await session.exec(
-                    select(func.count()).select_from(Listing).where(Listing.tenant == tenant)
-                )
-                if count.one() == 0:
-                    for address, city, price, beds, baths, status in _LISTINGS:
-                        session.add(
-                            Listing(
-                                tenant=tenant,
-                                address=address,
-                                city=city,
-                                city_key=name_key(city),
-                                price=price,
-                                beds=beds,
-                                baths=baths,
-                                status=status,
-                            )
-                        )
-            elif vertical == "legal":
-                count = await session.exec(
-                    select(func.count()).select_from(Matter).where(Matter.tenant == tenant)
-                )
-                if count.one() == 0:
-                    for title, client, adverse in _MATTERS:
-                        session.add(
-                            Matter(
-                                tenant=tenant,
-                                title=title,
-                                client_name=client,
-                                adverse_parties=adverse,
-                            )
-                        )
-            elif vertical == "insurance":
-                count = await session.exec(
-                    select(func.count()).select_from(Policy).where(Policy.tenant == tenant)
-                )
-                if count.one() == 0:
-                    for number, holder, phone, kind, status, deductible in _POLICIES:
-                        session.add(
-                            Policy(
-                                tenant=tenant,
-                                policy_number=number,
-                                holder_name=holder,
-                                holder_phone=phone,
-                                kind=kind,
-                                status=status,
-                                deductible=deductible,
-                            )
-                        )
-            await session.commit()
-
-
-_LISTINGS = (
-    ("17 Willow Bend", "Riverside", 465_000, 3, 2.0, "active"),
-    ("302 Cedar St", "Riverside", 529_000, 3, 2.5, "active"),
-    ("64 Birch Hollow", "Riverside", 612_000, 4, 3.0, "active"),
-    ("8 Quarry Rd", "Riverside", 289_000, 2, 1.0, "active"),
-    ("12 Harbor View Rd", "Springfield", 425_000, 3, 2.0, "active"),
-    ("88 Maple Ave", "Springfield", 310_000, 2, 1.0, "active"),
-    ("5 Orchard Ln", "Springfield", 689_000, 4, 3.5, "active"),
-    ("230 River St, Apt 4", "Shelbyville", 255_000, 1, 1.0, "active"),
-    ("41 Elm Ct", "Shelbyville", 515_000, 4, 2.5, "pending"),
-    ("9 Lakeside Dr", "Springfield", 950_000, 5, 4.0, "sold"),
-)
-
-_MATTERS = (
-    ("Acme Corp v. Globex", "Acme Corp", "Globex Corporation; Hank Scorpio"),
-    ("Estate of J. Doe", "Jane Doe", ""),
-    ("Smith lease dispute", "Robert Smith", "Springfield Properties LLC"),
-)
-
-_POLICIES = (
-    ("412551", "Sam Rivera", "+15555550103", "auto", "active", 500),
-    ("POL-1001", "Ada Lovelace", "+15555550100", "auto", "active", 500),
-    ("POL-1002", "Alan Turing", "+15555550101", "home", "active", 1000),
-    ("POL-1003", "Grace Hopper", "+15555550102", "auto", "lapsed", 250),
-)

@@ -28,7 +28,6 @@ from datetime import UTC, datetime
 from importlib import resources
 from typing import Any
 
-import nats as nats_py
 from fastapi import Header, HTTPException, Request, Response
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse, JSONResponse
@@ -39,6 +38,7 @@ from redis.asyncio import Redis
 from voicemesh.common import EndReason, MeshService, Unauthorized, new_call_id
 from voicemesh.common.contracts.tenancy import TenantRegistry
 from voicemesh.common.runtime.auth import ApiKeys
+from voicemesh.common.runtime.connection import connect
 from voicemesh.common.runtime.ratelimit import SlidingWindowLimiter, too_many_requests
 from voicemesh.common.runtime.telemetry import trace_context_from
 from voicemesh.common.runtime.tokens import CallClaims, issue_call_token, verify_call_token
@@ -80,7 +80,8 @@ class Gateway:
         )
         self.calls = CallManager(
             nats=self.nats,
-            publish_event=service.events.publish,
+            events=service.events,
+            delivery=service.delivery,
             max_calls=settings.max_calls,
             reconnect_grace_s=settings.reconnect_grace_s,
             connect_timeout_s=settings.connect_timeout_s,
@@ -120,21 +121,11 @@ class Gateway:
 
     async def open(self) -> None:
         s = self.settings
-        options: dict[str, Any] = {
-            "servers": s.nats_urls,
-            "name": f"voicemesh-gateway-media-{self.worker_id}",
-            "max_reconnect_attempts": -1,
-            # Caller audio published before the agent's connection is back is lost: retry
-            # fast so a NATS restart costs a fraction of a second of speech (tests/chaos).
-            "reconnect_time_wait": 0.2,
-        }
-        if s.nats_creds_file:
-            options["user_credentials"] = s.nats_creds_file
-        elif s.nats_user and s.nats_password:
-            options |= {"user": s.nats_user, "password": s.nats_password.get_secret_value()}
-        elif s.nats_token:
-            options["token"] = s.nats_token.get_secret_value()
-        self._nc = await nats_py.connect(**options)
+        # Caller audio published before the agent's connection is back is lost: retry fast
+        # so a NATS restart costs a fraction of a second of speech (tests/chaos).
+        self._nc = await connect(
+            s, name=f"voicemesh-gateway-media-{self.worker_id}", reconnect_time_wait=0.2
+        )
         self._redis = Redis.from_url(s.redis_url)
         self.limiters = {
             action: SlidingWindowLimiter(self._redis, action, limit=limit, window_s=s.rate_window_s)

@@ -6,9 +6,8 @@ offer for the same call within ``reconnect_grace_s``: aiortc cannot ICE-restart)
 agent's conversation goes on because the NATS side of the call is kept.
 
 Lifecycle events are published once per call (``CallAnswered`` for pushed calls,
-``CallConnected`` on the first ICE connection, ``CallEnded`` with its reason) with event
-ids derived from the call id, so JetStream's dedup window also absorbs a repeat from
-another worker or a restarted one.
+``CallConnected`` on the first ICE connection, ``CallEnded`` with its reason); the NATS
+side of a call (audio, control, transcripts, those events) is ``callbus.CallBus``.
 
     state:  connecting ──ICE──► live ──PC lost──► grace ──new offer──► connecting
                 │                 │                 │
@@ -20,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import logging
 import re
@@ -34,25 +32,14 @@ from typing import Any
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 from aiortc.sdp import SessionDescription
 from nats.aio.client import Client as NatsClient
-from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from opentelemetry import context as otel_context
-from pydantic import ValidationError
 
-from voicemesh.common import (
-    CallAnswered,
-    CallConnected,
-    CallEnded,
-    ControlCommand,
-    ControlMessage,
-    DeadLetter,
-    EndReason,
-    Envelope,
-    InvalidMessage,
-    TranscriptSegment,
-)
-from voicemesh.common.contracts import subjects
+from voicemesh.common import CallAnswered, CallConnected, CallEnded, EndReason
+from voicemesh.common.runtime.delivery import Delivery
+from voicemesh.common.runtime.publisher import JetStreamPublisher
 from voicemesh.gateway._tasks import cancel_and_wait
+from voicemesh.gateway.callbus import CallBus
 from voicemesh.gateway.media import AgentAudioTrack, CallerAudio, Playout
 
 __all__ = ["CallManager", "CallSession", "OfferRejected", "validate_offer"]
@@ -61,10 +48,7 @@ log = logging.getLogger(__name__)
 
 SUPERVISE_EVERY_S = 0.25
 ENDED_MEMORY = 4096
-MAX_DLQ_PAYLOAD = 16 * 1024
 _CALL_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-
-PublishEvent = Callable[[Envelope, str], Awaitable[None]]
 
 
 class OfferRejected(ValueError):
@@ -89,17 +73,6 @@ def validate_offer(sdp: str) -> None:
         raise OfferRejected("the audio section has no DTLS fingerprint")
     if audio.ice is None or not audio.ice.usernameFragment:
         raise OfferRejected("the audio section has no ICE credentials")
-
-
-def _describe(exc: ValidationError) -> str:
-    errors = exc.errors(include_url=False, include_input=False)
-    return "; ".join(
-        f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in errors[:5]
-    )
-
-
-def _event_id(call_id: str, kind: str) -> str:
-    return hashlib.sha256(f"{call_id}:{kind}".encode()).hexdigest()[:40]
 
 
 @dataclass(eq=False)
@@ -141,7 +114,8 @@ class CallManager:
         self,
         *,
         nats: Callable[[], NatsClient],
-        publish_event: PublishEvent,
+        events: JetStreamPublisher,
+        delivery: Delivery,
         max_calls: int,
         reconnect_grace_s: float,
         connect_timeout_s: float,
@@ -154,8 +128,9 @@ class CallManager:
         on_ended: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
         self._on_ended = on_ended
-        self._nats = nats
-        self._publish_event = publish_event
+        self.bus = CallBus(
+            nats=nats, events=events, delivery=delivery, on_hangup=self._agent_hangup
+        )
         self.max_calls = max_calls
         self.reconnect_grace_s = reconnect_grace_s
         self.connect_timeout_s = connect_timeout_s
@@ -208,15 +183,13 @@ class CallManager:
         self.calls[call_id] = call
         self._on_count(self.active)
         try:
-            await self._subscribe(call)
+            await self.bus.subscribe(call)
             answer = await self._attach(call, sdp)
         except BaseException:
             await self._discard(call)
             raise
         if origin == "push":
-            await self._publish(
-                call, CallAnswered(tenant=tenant, call_id=call_id, source="gateway")
-            )
+            await self.bus.lifecycle(call, CallAnswered)
         return call, answer
 
     async def reconnect(self, call: CallSession, sdp: str) -> str:
@@ -261,7 +234,7 @@ class CallManager:
         def on_track(track: Any) -> None:
             if track.kind != "audio" or call.pc is not pc:
                 return
-            caller = CallerAudio(track, self._audio_in_publisher(call), seq_start=call.seq)
+            caller = CallerAudio(track, self.bus.audio_in_publisher(call), seq_start=call.seq)
             call.caller = caller
             caller.start()
 
@@ -294,87 +267,8 @@ class CallManager:
             raise OfferRejected("no audio codec in common (Opus, G.722, PCMU or PCMA)")
         return str(local.sdp)
 
-    # -- NATS side of a call -----------------------------------------------------------------
-
-    def _audio_in_publisher(self, call: CallSession) -> Callable[[bytes], Awaitable[None]]:
-        subject = subjects.audio_in(call.tenant, call.call_id)
-        nc = self._nats()
-
-        async def publish(data: bytes) -> None:
-            call.seq += 1
-            await nc.publish(subject, data)
-
-        return publish
-
-    async def _subscribe(self, call: CallSession) -> None:
-        nc = self._nats()
-
-        async def on_audio(msg: Msg) -> None:
-            call.playout.feed(msg.data)
-
-        async def on_control(msg: Msg) -> None:
-            await self._control(call, msg.data)
-
-        async def on_transcript(msg: Msg) -> None:
-            try:
-                segment = TranscriptSegment.model_validate_json(msg.data)
-            except ValidationError:
-                return
-            call.tell_page(
-                {
-                    "type": "transcript",
-                    "speaker": segment.speaker.value,
-                    "text": segment.text,
-                    "final": segment.final,
-                    "segment_id": segment.segment_id,
-                }
-            )
-
-        t, c = call.tenant, call.call_id
-        call.subscriptions = [
-            await nc.subscribe(subjects.audio_out(t, c), cb=on_audio),
-            await nc.subscribe(subjects.call_control(t, c), cb=on_control),
-            await nc.subscribe(subjects.call_transcript(t, c), cb=on_transcript),
-        ]
-
-    async def _control(self, call: CallSession, data: bytes) -> None:
-        subject = subjects.call_control(call.tenant, call.call_id)
-        try:
-            message = ControlMessage.model_validate_json(data)
-        except ValidationError as exc:
-            await self._dead_letter(call, subject, data, InvalidMessage(_describe(exc)))
-            return
-        if message.call_id != call.call_id or message.tenant != call.tenant:
-            await self._dead_letter(
-                call, subject, data, InvalidMessage("control message names another call")
-            )
-            return
-        if message.command is ControlCommand.INTERRUPT:
-            call.playout.clear()
-            call.tell_page({"type": "interrupt"})
-        elif message.command is ControlCommand.HANGUP:
-            await self.end(call, EndReason.AGENT_HANGUP)
-
-    async def _dead_letter(
-        self, call: CallSession, subject: str, data: bytes, exc: InvalidMessage
-    ) -> None:
-        """Core-NATS input cannot be NAKed: keep it in the tenant's DLQ with the reason."""
-        log.warning("dead-lettered a control message: %s", exc)
-        entry = DeadLetter(
-            tenant=call.tenant,
-            call_id=call.call_id,
-            source="gateway",
-            subject=subject,
-            consumer="gateway-control",
-            reason=str(exc)[:2048],
-            error_type=type(exc).__name__,
-            payload=data[:MAX_DLQ_PAYLOAD].decode("utf-8", errors="replace"),
-            payload_truncated=len(data) > MAX_DLQ_PAYLOAD,
-        )
-        try:
-            await self._publish_event(entry, subjects.dead_letter(call.tenant))
-        except Exception as err:
-            log.error("could not publish a dead letter: %s", type(err).__name__)
+    async def _agent_hangup(self, call: CallSession) -> None:
+        await self.end(call, EndReason.AGENT_HANGUP)
 
     # -- state -------------------------------------------------------------------------------
 
@@ -386,16 +280,8 @@ class CallManager:
             return
         call.ever_connected = True
         call.connected_at = time.monotonic()
-        await self._publish(
-            call,
-            CallConnected(
-                tenant=call.tenant,
-                call_id=call.call_id,
-                source="gateway",
-                direction="outbound" if call.origin == "push" else "inbound",
-                vertical=call.vertical,
-            ),
-        )
+        direction = "outbound" if call.origin == "push" else "inbound"
+        await self.bus.lifecycle(call, CallConnected, direction=direction, vertical=call.vertical)
         call.tell_page({"type": "connected", "call_id": call.call_id})
 
     def _detach(self, call: CallSession, reason: EndReason) -> None:
@@ -423,16 +309,7 @@ class CallManager:
                 self.ended.popitem(last=False)
             if self._on_ended is not None:
                 await self._on_ended(call.call_id)
-            await self._publish(
-                call,
-                CallEnded(
-                    tenant=call.tenant,
-                    call_id=call.call_id,
-                    source="gateway",
-                    reason=reason,
-                    duration_s=round(duration, 3),
-                ),
-            )
+            await self.bus.lifecycle(call, CallEnded, reason=reason, duration_s=round(duration, 3))
             log.info("call ended: %s after %.1fs", reason.value, duration)
 
     async def _discard(self, call: CallSession) -> None:
@@ -457,20 +334,6 @@ class CallManager:
                 await pc.close()
             except Exception as exc:
                 log.warning("closing a peer connection failed: %s", type(exc).__name__)
-
-    async def _publish(self, call: CallSession, event: Envelope) -> None:
-        kind = str(getattr(event, "type", "event"))
-        event = event.model_copy(update={"event_id": _event_id(call.call_id, kind)})
-        # CallConnected and CallEnded are published from aiortc and timer callbacks, outside
-        # the offer's request: attach the call's trace so they stay in it.
-        token = otel_context.attach(call.trace) if call.trace is not None else None
-        try:
-            await self._publish_event(event, subjects.call_lifecycle(call.tenant, call.call_id))
-        except Exception as exc:
-            log.error("could not publish %s: %s", kind, type(exc).__name__)
-        finally:
-            if token is not None:
-                otel_context.detach(token)
 
     # -- timers ------------------------------------------------------------------------------
 

@@ -32,6 +32,9 @@ class DeviceIn(BaseModel):
 
 
 class DeviceOut(BaseModel):
+    # What the API shows of a ``DeviceRecord``: all but the tenant.
+    model_config = ConfigDict(from_attributes=True)
+
     user_id: str
     token: str
     bundle_id: str
@@ -44,17 +47,7 @@ class DeviceOut(BaseModel):
 
     @classmethod
     def of(cls, record: DeviceRecord) -> "DeviceOut":
-        return cls(
-            user_id=record.user_id,
-            token=record.token,
-            bundle_id=record.bundle_id,
-            environment=record.environment,
-            platform=record.platform,
-            active=record.active,
-            registered_at_ms=record.registered_at_ms,
-            deactivated_at_ms=record.deactivated_at_ms,
-            deactivated_reason=record.deactivated_reason,
-        )
+        return cls.model_validate(record)
 
 
 def device_router(

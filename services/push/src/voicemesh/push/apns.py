@@ -33,6 +33,7 @@ from h2.exceptions import ProtocolError
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from voicemesh.common.contracts.errors import InvalidMessage
+from voicemesh.push.settings import PushSettings
 
 __all__ = [
     "APPLE_HOSTS",
@@ -167,24 +168,19 @@ class TenantApns:
         tenant: str,
         environment: Literal["sandbox", "production"],
         credentials: ApnsCredentials,
-        *,
-        host: str | None,
-        port: int,
-        ca_file: str | None,
-        timeout_s: float,
-        connections: int = 1,
+        settings: PushSettings,
     ) -> None:
         self.tenant = tenant
         self.environment = environment
         self.credentials = credentials
-        self.host = host or APPLE_HOSTS[environment]
-        self.port = port
-        self.timeout_s = timeout_s
-        self.connections = connections
+        self.host = settings.apns_host or APPLE_HOSTS[environment]
+        self.port = settings.apns_port
+        self.timeout_s = settings.apns_timeout_s
+        self.connections = settings.apns_connections
         self.generation = 0
-        self._ssl = ssl.create_default_context(cafile=ca_file)
+        self._ssl = ssl.create_default_context(cafile=settings.apns_ca_file)
         self._protocol = type(
-            "VoipProtocol", (_VoipProtocol,), {"APNS_SERVER": self.host, "APNS_PORT": port}
+            "VoipProtocol", (_VoipProtocol,), {"APNS_SERVER": self.host, "APNS_PORT": self.port}
         )
         self._clients: list[APNs] = []
         self._next = itertools.count()
@@ -194,30 +190,26 @@ class TenantApns:
         # Built inside the running loop: aioapns reads the current loop in its constructor.
         clients = []
         pem = self.credentials.key_pem()
+        signing: dict[str, Any]
+        if pem is not None:
+            signing = {
+                "key": pem,
+                "key_id": self.credentials.key_id,
+                "team_id": self.credentials.team_id,
+            }
+        else:
+            assert self.credentials.cert_file is not None
+            signing = {"client_cert": str(self.credentials.cert_file)}
         for _ in range(self.connections):
-            if pem is not None:
-                client = APNs(
-                    key=pem,
-                    key_id=self.credentials.key_id,
-                    team_id=self.credentials.team_id,
-                    topic=f"{self.credentials.bundle_id}.voip",
-                    max_connections=1,
-                    max_connection_attempts=2,
-                    use_sandbox=self.environment == "sandbox",
-                    ssl_context=self._ssl,
-                    err_func=_quiet,
-                )
-            else:
-                assert self.credentials.cert_file is not None
-                client = APNs(
-                    client_cert=str(self.credentials.cert_file),
-                    topic=f"{self.credentials.bundle_id}.voip",
-                    max_connections=1,
-                    max_connection_attempts=2,
-                    use_sandbox=self.environment == "sandbox",
-                    ssl_context=self._ssl,
-                    err_func=_quiet,
-                )
+            client = APNs(
+                **signing,
+                topic=f"{self.credentials.bundle_id}.voip",
+                max_connections=1,
+                max_connection_attempts=2,
+                use_sandbox=self.environment == "sandbox",
+                ssl_context=self._ssl,
+                err_func=_quiet,
+            )
             client.pool.protocol_class = self._protocol
             clients.append(client)
         return clients
@@ -285,24 +277,9 @@ async def _quiet(_request: NotificationRequest, _result: NotificationResult) -> 
 class ApnsPool:
     """Every tenant's APNs clients, created on first use."""
 
-    def __init__(
-        self,
-        credentials: dict[str, ApnsCredentials],
-        *,
-        host: str | None,
-        port: int,
-        ca_file: str | None,
-        timeout_s: float,
-        connections: int = 1,
-    ) -> None:
+    def __init__(self, credentials: dict[str, ApnsCredentials], settings: PushSettings) -> None:
         self.credentials = credentials
-        self._options: dict[str, Any] = {
-            "host": host,
-            "port": port,
-            "ca_file": ca_file,
-            "timeout_s": timeout_s,
-            "connections": connections,
-        }
+        self._settings = settings
         self._clients: dict[tuple[str, str], TenantApns] = {}
 
     def client(self, tenant: str, environment: str) -> TenantApns:
@@ -317,7 +294,7 @@ class ApnsPool:
             env: Literal["sandbox", "production"] = (
                 "sandbox" if environment == "sandbox" else "production"
             )
-            client = TenantApns(tenant, env, credentials, **self._options)
+            client = TenantApns(tenant, env, credentials, self._settings)
             self._clients[key] = client
         return client
 

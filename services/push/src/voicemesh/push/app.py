@@ -10,26 +10,28 @@ ring deadlines into missed calls.
 from __future__ import annotations
 
 import contextlib
-from typing import Any
 
-import nats as nats_py
 from nats.aio.client import Client as NatsClient
 from redis.asyncio import Redis
 
 from voicemesh.common import MeshService, subscribe_durable
-from voicemesh.common.contracts import streams, subjects
+from voicemesh.common.contracts import streams
 from voicemesh.common.contracts.errors import UnknownTenant
 from voicemesh.common.contracts.events import Envelope, PushJob
 from voicemesh.common.runtime.auth import ApiKeys
+from voicemesh.common.runtime.connection import connect
 from voicemesh.common.runtime.db import Database
+from voicemesh.common.runtime.delivery import Delivery
+from voicemesh.common.runtime.publisher import JetStreamPublisher
 from voicemesh.common.runtime.ratelimit import SlidingWindowLimiter
 from voicemesh.push.api import device_router
 from voicemesh.push.apns import ApnsPool, load_credentials
 from voicemesh.push.calls import CallStore
 from voicemesh.push.devices import DeviceRegistry
-from voicemesh.push.lanes import JetStreamEvents, LifecycleLanes, TenantLane
+from voicemesh.push.lanes import LifecycleLanes, TenantLane
 from voicemesh.push.ringer import Ringer, RingTimeouts
 from voicemesh.push.settings import PushSettings
+from voicemesh.push.voip import VoipPushes
 
 __all__ = ["PushComponents", "create_app"]
 
@@ -45,7 +47,9 @@ class PushComponents:
     ringer: Ringer
     timeouts: RingTimeouts
     nats: NatsClient | None = None
-    events: JetStreamEvents | None = None
+    #: Publishes on the lanes' connection: open before the broker starts and after it
+    #: stops, so the lanes and the ring timeouts can publish for as long as they run.
+    events: JetStreamPublisher | None = None
     lanes: LifecycleLanes | None = None
 
     async def publish(self, event: Envelope, subject: str) -> None:
@@ -61,7 +65,7 @@ def create_app(settings: PushSettings, *, api_keys: ApiKeys | None = None) -> Me
         description="VoIP push service: device registry and APNs pushes that ring CallKit.",
     )
     parts = PushComponents()
-    service.push = parts  # type: ignore[attr-defined]
+    service.provide(parts)
     parts.db = Database(settings.database_url.get_secret_value())
     parts.redis = Redis.from_url(settings.redis_url)
     parts.devices = DeviceRegistry(parts.db, parts.redis, cache_ttl_s=settings.device_cache_ttl_s)
@@ -70,19 +74,15 @@ def create_app(settings: PushSettings, *, api_keys: ApiKeys | None = None) -> Me
             settings.apns_credentials_dir,
             settings.apns_credentials.get_secret_value() if settings.apns_credentials else None,
         ),
-        host=settings.apns_host,
-        port=settings.apns_port,
-        ca_file=settings.apns_ca_file,
-        timeout_s=settings.apns_timeout_s,
-        connections=settings.apns_connections,
+        settings,
     )
     parts.calls = CallStore(parts.redis)
     parts.ringer = Ringer(
         settings,
         tenants=service.tenants,
         devices=parts.devices,
-        apns=parts.apns,
         calls=parts.calls,
+        voip=VoipPushes(settings, apns=parts.apns, devices=parts.devices, calls=parts.calls),
         publish=parts.publish,
     )
     parts.timeouts = RingTimeouts(parts.ringer)
@@ -108,9 +108,11 @@ def create_app(settings: PushSettings, *, api_keys: ApiKeys | None = None) -> Me
     async def open_resources() -> None:
         await parts.db.create_all()
         await parts.calls.load_scripts()
-        parts.nats = await nats_py.connect(**_nats_options(settings))
+        parts.nats = await connect(settings, name="voicemesh-push-lanes")
         js = parts.nats.jetstream()
-        parts.events = JetStreamEvents(js)
+        parts.events = JetStreamPublisher(parts.nats)
+        # The service's policy (its PHI rules), dead-lettering on the lanes' connection.
+        delivery = Delivery("push", parts.events, service.delivery.handles_phi)
         spec = streams.consumer("push", "calls")
         parts.lanes = LifecycleLanes(
             [
@@ -119,7 +121,7 @@ def create_app(settings: PushSettings, *, api_keys: ApiKeys | None = None) -> Me
                     js,
                     spec,
                     parts.ringer,
-                    publish=parts.publish,
+                    delivery=delivery,
                     tracer=service.telemetry.tracer,
                     window=settings.workers,
                 )
@@ -134,6 +136,8 @@ def create_app(settings: PushSettings, *, api_keys: ApiKeys | None = None) -> Me
         if parts.lanes is not None:
             await parts.lanes.stop()
         await parts.timeouts.stop()
+        if parts.events is not None:
+            await parts.events.drain(timeout=2)
         if parts.nats is not None and not parts.nats.is_closed:
             # The lanes have stopped and NAKed what they held: send those acks and NAKs,
             # then close (drain would wait up to 30 s on subscriptions nobody reads now).
@@ -145,25 +149,3 @@ def create_app(settings: PushSettings, *, api_keys: ApiKeys | None = None) -> Me
         await parts.db.close()
 
     return service
-
-
-def _nats_options(settings: PushSettings) -> dict[str, Any]:
-    """The lanes' own nats-py connection, with the broker's servers and credentials."""
-    options: dict[str, Any] = {
-        "servers": settings.nats_urls,
-        "name": "voicemesh-push-lanes",
-        "max_reconnect_attempts": -1,
-        "reconnect_time_wait": 1,
-        "connect_timeout": 3,
-        "inbox_prefix": subjects.inbox_prefix(settings.tenant),
-    }
-    if settings.nats_creds_file:
-        options["user_credentials"] = settings.nats_creds_file
-    elif settings.nats_user and settings.nats_password:
-        options |= {
-            "user": settings.nats_user,
-            "password": settings.nats_password.get_secret_value(),
-        }
-    elif settings.nats_token:
-        options["token"] = settings.nats_token.get_secret_value()
-    return options

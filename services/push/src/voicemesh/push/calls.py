@@ -98,38 +98,14 @@ class CallStore:
         except RedisError as exc:
             raise UnavailableError("call state store unavailable") from exc
 
-    def queue_begin(
-        self,
-        pipe: Pipeline,
-        tenant: str,
-        call_id: str,
-        *,
-        user_id: str,
-        phone: str | None,
-        caller_name: str,
-        handle: str,
-        deadline: float,
-    ) -> None:
-        """Queue ``begin`` on ``pipe``; its result is the call's state (bytes) now."""
-        self._remember(tenant, call_id, user_id, phone, caller_name, handle, deadline)
+    def queue_begin(self, pipe: Pipeline, call: RingingCall) -> None:
+        """Queue the start of ``call``'s ring on ``pipe`` (unless the call exists); its
+        result is the call's state (bytes) now."""
+        self._mine[(call.tenant, call.call_id)] = call
         # EVALSHA, not the registered Script: a Script on a pipeline makes every execute
         # ask SCRIPT EXISTS first, a second round trip for each batch.
-        pipe.evalsha(
-            self._begin.sha,
-            1,
-            self._key(tenant, call_id),
-            KEEP_S,
-            "user_id",
-            user_id,
-            "phone",
-            phone or "",
-            "caller_name",
-            caller_name,
-            "handle",
-            handle,
-            "deadline",
-            repr(deadline),
-        )
+        fields = [part for pair in _fields(call) for part in pair]
+        pipe.evalsha(self._begin.sha, 1, self._key(call.tenant, call.call_id), KEEP_S, *fields)
 
     async def accepted(self, tenant: str, call_id: str, deadline: float) -> str | None:
         """Arm the ring deadline of a call APNs took; returns the call's state now (an end
@@ -171,38 +147,6 @@ class CallStore:
     @staticmethod
     def missing_script(results: list[Any]) -> bool:
         return any(isinstance(r, NoScriptError) for r in results)
-
-    async def begin(
-        self,
-        tenant: str,
-        call_id: str,
-        *,
-        user_id: str,
-        phone: str | None,
-        caller_name: str,
-        handle: str,
-        deadline: float,
-    ) -> str:
-        """Record a ringing call unless it exists; returns the call's state now."""
-        self._remember(tenant, call_id, user_id, phone, caller_name, handle, deadline)
-        key = self._key(tenant, call_id)
-        try:
-            if await self._transition(keys=[key], args=["", "ringing", KEEP_S]):
-                await self._redis.hset(
-                    key,
-                    mapping={
-                        "user_id": user_id,
-                        "phone": phone or "",
-                        "caller_name": caller_name,
-                        "handle": handle,
-                        "deadline": repr(deadline),
-                    },
-                )
-                return "ringing"
-            state = await self._redis.hget(key, "state")
-        except RedisError as exc:
-            raise UnavailableError("call state store unavailable") from exc
-        return _text(state) or "ringing"
 
     async def move(self, tenant: str, call_id: str, src: str, dst: CallState) -> bool:
         if dst != "ringing":
@@ -265,20 +209,6 @@ class CallStore:
                 claimed.append((str(tenant), str(call_id)))
         return claimed
 
-    def _remember(
-        self,
-        tenant: str,
-        call_id: str,
-        user_id: str,
-        phone: str | None,
-        caller_name: str,
-        handle: str,
-        deadline: float,
-    ) -> None:
-        self._mine[(tenant, call_id)] = RingingCall(
-            tenant, call_id, "ringing", user_id, phone, caller_name, handle, deadline
-        )
-
     def forget(self, tenant: str, call_id: str) -> None:
         """Not ringing after all (it ended before it was requested): nothing to restore."""
         self._mine.pop((tenant, call_id), None)
@@ -301,13 +231,7 @@ class CallStore:
             name = self._key(call.tenant, call.call_id)
             # Only where nothing is recorded: another replica may have written it already.
             pipe.hsetnx(name, "state", "ringing")
-            for field, value in (
-                ("user_id", call.user_id),
-                ("phone", call.phone or ""),
-                ("caller_name", call.caller_name),
-                ("handle", call.handle),
-                ("deadline", repr(call.deadline)),
-            ):
+            for field, value in _fields(call):
                 pipe.hsetnx(name, field, value)
             pipe.expire(name, KEEP_S)
             member = json.dumps([call.tenant, call.call_id])
@@ -317,6 +241,17 @@ class CallStore:
         if self._mine:
             log.warning("Redis lost the ringing calls; restored %d", len(self._mine))
         return len(self._mine)
+
+
+def _fields(call: RingingCall) -> list[tuple[str, str]]:
+    """What the call's hash holds besides its state."""
+    return [
+        ("user_id", call.user_id),
+        ("phone", call.phone or ""),
+        ("caller_name", call.caller_name),
+        ("handle", call.handle),
+        ("deadline", repr(call.deadline)),
+    ]
 
 
 def _text(value: Any) -> str | None:

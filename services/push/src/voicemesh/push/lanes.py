@@ -12,8 +12,9 @@ messages within a fetch run in order; each message is acked after its own work. 
 These lanes use nats-py directly, not FastStream subscribers: profiling the push flood
 (bench/push.py) showed FastStream's per-message pipeline (dependency injection, decoding,
 four middlewares) costing more than the push itself. What the middlewares did is done
-here: a trace span per event, NAK with backoff for transient failures, and a dead-letter
-entry with the reason for a bad message or one out of deliveries.
+here: a trace span per event, the tenant fence, and the service's one delivery policy
+(``runtime.delivery.Delivery.settle``: NAK with backoff for a transient failure; for a bad
+message or one out of deliveries, a dead letter with the reason, then term).
 """
 
 from __future__ import annotations
@@ -23,42 +24,34 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from typing import Any
 
-import nats.errors
 from nats.aio.msg import Msg
 from nats.js.client import JetStreamContext
 from opentelemetry.trace import Tracer
-from pydantic import ValidationError
 
 from voicemesh.common.contracts import subjects
-from voicemesh.common.contracts.errors import (
-    Category,
-    InvalidMessage,
-    UnavailableError,
-    category_of,
-)
+from voicemesh.common.contracts.errors import InvalidMessage
 from voicemesh.common.contracts.events import (
     CallAnswered,
     CallConnected,
     CallEnded,
     CallRequested,
-    DeadLetter,
     Envelope,
 )
-from voicemesh.common.contracts.streams import ConsumerSpec, stream_for
-from voicemesh.common.runtime.telemetry import inject_trace_headers, trace_context_from
+from voicemesh.common.contracts.streams import ConsumerSpec
+from voicemesh.common.runtime.delivery import Delivery, check_tenant_fence, failure_reason
+from voicemesh.common.runtime.telemetry import trace_context_from
 from voicemesh.push.ringer import PreparedRing, Ringer
 
-__all__ = ["JetStreamEvents", "LifecycleLanes", "TenantLane"]
+__all__ = ["LifecycleLanes", "TenantLane"]
 
 log = logging.getLogger(__name__)
 
 #: How often a long ring (APNs retries through the ring window) tells JetStream it is still
 #: being handled, well inside the consumer's ack wait.
 HEARTBEAT_S = 5.0
-MAX_DLQ_PAYLOAD = 16 * 1024
 #: Lifecycle events the push service acts on; the rest (its own ringing/missed/failed and
 #: everyone else's) are acked without being validated.
 _HANDLED: dict[str, type[Envelope]] = {
@@ -68,37 +61,6 @@ _HANDLED: dict[str, type[Envelope]] = {
     "call.ended": CallEnded,
 }
 _SPAN = f"{subjects.low_cardinality(subjects.call_lifecycle('*', '*'))} process"
-
-
-class JetStreamEvents:
-    """Publishes wire events to JetStream with nats-py: deduplicated by ``event_id``, trace
-    context in the headers, confirmed (PubAck) within ``timeout_s``.
-
-    The hot-path twin of ``voicemesh.common.runtime.bus.JetStreamPublisher``: it pipelines publishes
-    (``publish_async``) instead of paying FastStream's publish pipeline for each one.
-    """
-
-    def __init__(self, js: JetStreamContext, *, timeout_s: float = 5.0) -> None:
-        self._js = js
-        self._timeout = timeout_s
-
-    async def publish(self, event: Envelope, subject: str) -> None:
-        headers = inject_trace_headers({"Nats-Msg-Id": event.event_id})
-        try:
-            future = await self._js.publish_async(
-                subject,
-                event.model_dump_json().encode(),
-                stream=stream_for(subject),
-                headers=headers,
-                # No stall timeout: with one, nats-py wraps each publish in a task.
-                wait_stall=None,
-            )
-            async with asyncio.timeout(self._timeout):
-                await future
-        except (TimeoutError, nats.errors.Error) as exc:
-            raise UnavailableError(
-                f"JetStream did not confirm a publish: {type(exc).__name__}"
-            ) from exc
 
 
 Decoded = tuple[Msg, Envelope | None]
@@ -114,7 +76,7 @@ class TenantLane:
         spec: ConsumerSpec,
         ringer: Ringer,
         *,
-        publish: Callable[[Envelope, str], Awaitable[None]],
+        delivery: Delivery,
         tracer: Tracer,
         window: int,
         fetch_timeout_s: float = 2.0,
@@ -125,7 +87,7 @@ class TenantLane:
         self._js = js
         self._spec = spec
         self._ringer = ringer
-        self._publish = publish
+        self._delivery = delivery
         self._tracer = tracer
         self._fetch_timeout = fetch_timeout_s
         self._stop_grace = stop_grace_s
@@ -269,13 +231,10 @@ class TenantLane:
             model = _HANDLED.get(str(data.get("type")))
             if model is None:
                 return None
+            check_tenant_fence(msg.subject, msg.data)
             event: Envelope = model.model_validate(data)
         except ValueError as exc:  # JSONDecodeError and pydantic's ValidationError
-            raise InvalidMessage(_reason(exc)) from exc
-        if event.tenant != self.tenant:
-            raise InvalidMessage(
-                f"tenant mismatch: subject tenant {self.tenant!r}, payload tenant {event.tenant!r}"
-            )
+            raise InvalidMessage(failure_reason(exc)) from exc
         return event
 
     async def _handle_group(
@@ -328,66 +287,21 @@ class TenantLane:
             self.handled += 1
 
     async def _settle(self, msg: Msg, exc: BaseException) -> None:
-        """A failed message: NAK with backoff while it may succeed, else dead-letter it."""
+        """A failed message: the delivery policy NAKs it, or dead-letters then terms it."""
         try:
-            deliveries = _deliveries(msg)
-            permanent = category_of(exc) is Category.DEAD_LETTER
-            if not permanent and deliveries < self._spec.max_deliver:
-                delay = float(min(30, 2 ** max(0, deliveries - 1)))
-                log.warning(
-                    "lane %s: handling failed (%s, delivery %d), retrying in %.0fs",
-                    self.tenant,
-                    type(exc).__name__,
-                    deliveries,
-                    delay,
-                )
-                with contextlib.suppress(Exception):
-                    await msg.nak(delay=delay)
-                return
-            await self._dead_letter(msg, exc, deliveries)
-            with contextlib.suppress(Exception):
-                await msg.ack()
+            await self._delivery.settle(
+                msg,
+                exc,
+                consumer=self._spec.durable(self.tenant),
+                max_deliver=self._spec.max_deliver,
+            )
         finally:
             self._release(msg)
-
-    async def _dead_letter(self, msg: Msg, exc: BaseException, deliveries: int) -> None:
-        body = bytes(msg.data or b"")
-        entry = DeadLetter(
-            tenant=self.tenant,
-            source="push",
-            subject=msg.subject,
-            consumer=self._spec.durable(self.tenant),
-            reason=_reason(exc),
-            error_type=type(exc).__name__,
-            deliveries=deliveries,
-            payload=body[:MAX_DLQ_PAYLOAD].decode("utf-8", errors="replace"),
-            payload_truncated=len(body) > MAX_DLQ_PAYLOAD,
-        )
-        log.error(
-            "dead-lettered a message on %s: %s", subjects.low_cardinality(msg.subject), entry.reason
-        )
-        await self._publish(entry, subjects.dead_letter(self.tenant))
 
 
 def _cancelling() -> bool:
     task = asyncio.current_task()
     return task is not None and task.cancelling() > 0
-
-
-def _deliveries(msg: Msg) -> int:
-    try:
-        return int(msg.metadata.num_delivered)
-    except Exception:
-        return 1
-
-
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, ValidationError):
-        errors = exc.errors(include_url=False, include_input=False)
-        return "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in errors[:5]
-        )
-    return (str(exc) or type(exc).__name__)[:2048]
 
 
 class LifecycleLanes:

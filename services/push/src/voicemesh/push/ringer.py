@@ -1,20 +1,20 @@
-"""Ringing a user's phones for a call: the VoIP push, APNs answers, ring timeout, cancel.
+"""A call's ring, from request to ringing, answer, end or miss.
 
-``Ringer`` handles the call lifecycle events the push service consumes; ``RingTimeouts``
-is the background task that turns an unanswered ring into ``CallMissed`` and the
-missed-call text. Both publish through the service's ``JetStreamPublisher``.
+``Ringer`` handles the call lifecycle events and push jobs the push service consumes: it
+records the call as ringing, has ``voip.VoipPushes`` push to the user's phones, publishes
+``CallRinging`` or ``CallFailed``, and stops the ring on an answer or an end.
+``RingTimeouts`` is the background task that turns an unanswered ring into ``CallMissed``
+and the missed-call text. Event ids are ``ids.derived_id(tenant, call_id, what)``: a retry
+publishes the same id, which JetStream drops.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import math
-import random
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -34,95 +34,22 @@ from voicemesh.common.contracts.events import (
     PushJob,
     SmsJob,
 )
+from voicemesh.common.contracts.ids import derived_id
 from voicemesh.common.contracts.tenancy import TenantRegistry
-from voicemesh.common.runtime.telemetry import inject_trace_headers
+from voicemesh.common.runtime.publisher import trace_headers
 from voicemesh.common.runtime.tokens import issue_call_token
-from voicemesh.push.apns import ApnsPool, PushResult
 from voicemesh.push.calls import CallStore, RingingCall
 from voicemesh.push.devices import DeviceRecord, DeviceRegistry
 from voicemesh.push.settings import PushSettings
+from voicemesh.push.voip import VoipPushes, build_payload, failure
 
-__all__ = [
-    "MAX_VOIP_PAYLOAD",
-    "PreparedRing",
-    "Publish",
-    "RingTimeouts",
-    "Ringer",
-    "build_payload",
-    "callkit_uuid",
-]
+__all__ = ["PreparedRing", "Publish", "RingTimeouts", "Ringer"]
 
 log = logging.getLogger(__name__)
 
-MAX_VOIP_PAYLOAD = 5120
-RETRY_STATUSES = frozenset({0, 429, 500, 502, 503, 504})
-DEACTIVATE = {
-    (400, "BadDeviceToken"),
-    (400, "DeviceTokenNotForTopic"),
-    (410, "Unregistered"),
-    (410, "ExpiredToken"),
-}
 SOURCE = "push"
 #: How long a ring job without ``expires_at`` rings (CallRequested's default).
 DEFAULT_JOB_RING_S = 30.0
-
-
-def callkit_uuid(tenant: str, call_id: str) -> str:
-    """The RFC 4122 UUID CallKit reports the call under: the call id when it is one."""
-    with contextlib.suppress(ValueError):
-        return str(uuid.UUID(hex=call_id))
-    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"voicemesh:{tenant}:{call_id}"))
-
-
-def build_payload(
-    *,
-    tenant: str,
-    call_id: str,
-    caller_name: str,
-    handle: str,
-    action: str = "ring",
-    signaling_url: str | None = None,
-    call_token: str | None = None,
-    call_token_expires_at: int | None = None,
-    ring_until: float | None = None,
-    traceparent: str | None = None,
-) -> dict[str, Any]:
-    """The VoIP payload: what CallKit (and react-native-callkeep) read, plus how to answer.
-
-    Everything the app needs to report the call is in it, so the app reports at once
-    (iOS kills apps that do not report a call for every VoIP push), even for a cancel.
-    """
-    payload: dict[str, Any] = {
-        "aps": {},
-        "uuid": callkit_uuid(tenant, call_id),
-        "handle": handle,
-        "handleType": "generic",
-        "callerName": caller_name,
-        "hasVideo": False,
-        "action": action,
-        "call_id": call_id,
-        "tenant": tenant,
-    }
-    if signaling_url is not None:
-        payload["signaling_url"] = signaling_url
-    if call_token is not None:
-        payload["call_token"] = call_token
-        payload["call_token_expires_at"] = call_token_expires_at
-    if ring_until is not None:
-        payload["ring_until"] = math.floor(ring_until)
-    if traceparent is not None:
-        # The app sends it back with its offer, so the answered call joins this trace.
-        payload["traceparent"] = traceparent
-    size = len(json.dumps(payload, ensure_ascii=False).encode())
-    if size > MAX_VOIP_PAYLOAD:
-        raise InvalidMessage(f"VoIP payload is {size} bytes, over Apple's {MAX_VOIP_PAYLOAD}")
-    return payload
-
-
-def _per_device(call_uuid: str, token: str) -> str:
-    # aioapns matches answers by apns-id, so concurrent pushes need distinct ones; derived
-    # from the CallKit UUID, they still correlate with the call in APNs logs.
-    return str(uuid.uuid5(uuid.UUID(call_uuid), token))
 
 
 Publish = Callable[[Envelope, str], Awaitable[None]]
@@ -138,31 +65,36 @@ class PreparedRing:
     devices: list[DeviceRecord] | None = None
 
 
-@dataclass
-class _DeviceOutcome:
-    device: DeviceRecord
-    result: PushResult
-    attempts: int
+def _derived(tenant: str, call_id: str, what: str) -> dict[str, Any]:
+    """The envelope of the event ``what`` that this service derives from a call: the same
+    id on every retry, so JetStream drops a second publish."""
+    return {
+        "event_id": derived_id(tenant, call_id, what),
+        "tenant": tenant,
+        "call_id": call_id,
+        "source": SOURCE,
+    }
 
 
 class Ringer:
+    """Handles the lifecycle events and push jobs that ring, stop or miss a call."""
+
     def __init__(
         self,
         settings: PushSettings,
         *,
         tenants: TenantRegistry,
         devices: DeviceRegistry,
-        apns: ApnsPool,
         calls: CallStore,
+        voip: VoipPushes,
         publish: Publish,
     ) -> None:
         self.settings = settings
         self.tenants = tenants
         self.devices = devices
-        self.apns = apns
         self.calls = calls
+        self.voip = voip
         self.publish = publish
-        self._random = random.Random()  # noqa: S311 - jitter, not security
 
     # -- lifecycle events -------------------------------------------------------------------
 
@@ -186,13 +118,16 @@ class Ringer:
                 e = ring.event
                 self.calls.queue_begin(
                     pipe,
-                    e.tenant,
-                    e.call_id,
-                    user_id=e.user_id,
-                    phone=e.phone,
-                    caller_name=e.caller_name,
-                    handle=e.handle,
-                    deadline=ring.deadline,
+                    RingingCall(
+                        e.tenant,
+                        e.call_id,
+                        "ringing",
+                        e.user_id,
+                        e.phone,
+                        e.caller_name,
+                        e.handle,
+                        ring.deadline,
+                    ),
                 )
                 self.devices.queue_cached(pipe, e.tenant, e.user_id)
             try:
@@ -252,76 +187,27 @@ class Ringer:
                 call_token=token,
                 call_token_expires_at=claims.expires_at,
                 ring_until=deadline,
-                traceparent=inject_trace_headers().get("traceparent"),
+                traceparent=trace_headers().get("traceparent"),
             )
         except InvalidMessage as exc:
             await self._fail(event, FailureReason.INVALID_REQUEST, str(exc))
             return
-        apns_id = payload["uuid"]
         try:
-            for device in devices:
-                self.apns.client(tenant, device.environment)
+            self.voip.check_clients(tenant, devices)
         except InvalidMessage as exc:
             await self._fail(event, FailureReason.PUSH_UNAVAILABLE, str(exc))
             return
 
-        if len(devices) == 1:
-            # The common case, without a task per device: push, then tell the call it rings.
-            outcome = await self._push(devices[0], payload, apns_id, deadline, None)
-            if outcome.result.ok:
-                await self._ringing(tenant, call_id, deadline, 1)
-                return
-            outcomes = [outcome]
-        else:
-            every = await self._push_all(tenant, call_id, devices, payload, apns_id, deadline)
-            if every is None:
-                return
-            outcomes = every
-        reasons = sorted({f"{o.result.status} {o.result.reason}" for o in outcomes})
-        retryable = any(o.result.status in RETRY_STATUSES for o in outcomes)
-        reason = FailureReason.PUSH_UNAVAILABLE if retryable else FailureReason.PUSH_REJECTED
-        await self._fail(event, reason, "; ".join(reasons)[:500])
+        async def ringing(accepted: int) -> None:
+            await self._ringing(tenant, call_id, deadline, accepted)
 
-    async def _push_all(
-        self,
-        tenant: str,
-        call_id: str,
-        devices: list[DeviceRecord],
-        payload: dict[str, Any],
-        apns_id: str,
-        deadline: float,
-    ) -> list[_DeviceOutcome] | None:
-        """Push to every device at once; ringing as soon as one accepts (then ``None``),
-        else every device's outcome."""
-        accepted = asyncio.Event()
-        tasks = [
-            asyncio.create_task(self._push(d, payload, apns_id, deadline, accepted))
-            for d in devices
-        ]
-        waiter = asyncio.create_task(accepted.wait())
-        try:
-            await asyncio.wait([*tasks, waiter], return_when=asyncio.FIRST_COMPLETED)
-            while not accepted.is_set() and not all(t.done() for t in tasks):
-                await asyncio.wait([*tasks, waiter], return_when=asyncio.FIRST_COMPLETED)
-            if accepted.is_set():
-                ringing = sum(1 for t in tasks if t.done() and t.result().result.ok) or 1
-                await self._ringing(tenant, call_id, deadline, ringing)
-            outcomes = await asyncio.gather(*tasks)
-        finally:
-            waiter.cancel()
-            for task in tasks:
-                task.cancel()
-        return None if accepted.is_set() else list(outcomes)
+        outcomes = await self.voip.ring(devices, payload, deadline, ringing)
+        if outcomes is not None:
+            await self._fail(event, *failure(outcomes))
 
     async def _ringing(self, tenant: str, call_id: str, deadline: float, devices: int) -> None:
         """APNs took the push: arm the ring timeout and publish ``CallRinging``."""
-        ringing = CallRinging(
-            event_id=f"{call_id}-ringing",
-            tenant=tenant,
-            call_id=call_id,
-            source=SOURCE,
-            devices=devices,
-        )
+        ringing = CallRinging(**_derived(tenant, call_id, "ringing"), devices=devices)
         # Both at once: the Redis write and the JetStream confirmation overlap.
         state, _ = await asyncio.gather(
             self.calls.accepted(tenant, call_id, deadline),
@@ -333,69 +219,12 @@ class Ringer:
             with contextlib.suppress(MeshError):
                 await self.cancel(tenant, call_id)
 
-    async def _push(
-        self,
-        device: DeviceRecord,
-        payload: dict[str, Any],
-        apns_id: str,
-        deadline: float,
-        accepted: asyncio.Event | None,
-    ) -> _DeviceOutcome:
-        """Push to one device, retrying 429/5xx/no-answer with jitter while it can ring."""
-        tenant, call_id = payload["tenant"], payload["call_id"]
-        client = self.apns.client(tenant, device.environment)
-        topic = f"{device.bundle_id}.voip"
-        apns_id = _per_device(apns_id, device.token)
-        attempt = 0
-        while True:
-            attempt += 1
-            generation = client.generation
-            remaining = deadline - time.time()
-            result = await client.send(
-                device.token,
-                payload,
-                topic=topic,
-                apns_id=apns_id,
-                timeout_s=max(0.05, min(self.settings.apns_timeout_s, remaining)),
-            )
-            if result.ok:
-                if accepted is not None:
-                    accepted.set()
-                return _DeviceOutcome(device, result, attempt)
-            if result.status == 403 and result.reason == "ExpiredProviderToken":
-                await client.renew_provider_token(generation)
-                if attempt < 3:
-                    continue
-            if (result.status, result.reason) in DEACTIVATE:
-                stamp = result.timestamp_ms if result.status == 410 else None
-                if await self.devices.deactivate(
-                    tenant, device.token, str(result.reason), not_registered_after_ms=stamp
-                ):
-                    log.info("deactivated a device of tenant %s: %s", tenant, result.reason)
-                return _DeviceOutcome(device, result, attempt)
-            if result.status not in RETRY_STATUSES:
-                log.warning("APNs refused a push for tenant %s: %s", tenant, result.reason)
-                return _DeviceOutcome(device, result, attempt)
-            delay = self._backoff(attempt)
-            if time.time() + delay >= deadline - 0.05:
-                return _DeviceOutcome(device, result, attempt)
-            if await self.calls.state(tenant, call_id) != "ringing":
-                return _DeviceOutcome(device, result, attempt)
-            await asyncio.sleep(delay)
-
-    def _backoff(self, attempt: int) -> float:
-        cap = min(self.settings.apns_retry_max_s, self.settings.apns_retry_base_s * 2**attempt)
-        return self._random.uniform(cap / 2, cap)
-
     async def _fail(self, event: CallRequested, reason: FailureReason, detail: str) -> None:
         await self.calls.move(event.tenant, event.call_id, "ringing", "failed")
         log.info("call %s could not ring: %s", event.call_id, reason.value)
         await self.publish(
             CallFailed(
-                event_id=f"{event.call_id}-failed",
-                tenant=event.tenant,
-                call_id=event.call_id,
-                source=SOURCE,
+                **_derived(event.tenant, event.call_id, "failed"),
                 reason=reason,
                 detail=detail,
             ),
@@ -435,24 +264,7 @@ class Ringer:
             if user_id is None:
                 return 0
             call = RingingCall(tenant, call_id, "", user_id, None, "", "", 0.0)
-        payload = build_payload(
-            tenant=tenant,
-            call_id=call_id,
-            caller_name=call.caller_name or tenant,
-            handle=call.handle or tenant,
-            action="cancel",
-        )
-        apns_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"voicemesh:cancel:{tenant}:{call_id}"))
-        sent = 0
-        for device in await self.devices.active_for_user(tenant, call.user_id):
-            result = await self.apns.client(tenant, device.environment).send(
-                device.token,
-                payload,
-                topic=f"{device.bundle_id}.voip",
-                apns_id=_per_device(apns_id, device.token),
-            )
-            sent += int(result.ok)
-        return sent
+        return await self.voip.cancel(call)
 
     # -- push jobs (the PUSH work queue) -----------------------------------------------------
 
@@ -488,26 +300,15 @@ class Ringer:
             return False
         call = await self.calls.get(tenant, call_id)
         user_id = call.user_id if call else ""
-        await self.publish(
-            CallMissed(
-                event_id=f"{call_id}-missed",
-                tenant=tenant,
-                call_id=call_id,
-                source=SOURCE,
-                user_id=user_id,
-            ),
-            subjects.call_lifecycle(tenant, call_id),
-        )
+        missed = CallMissed(**_derived(tenant, call_id, "missed"), user_id=user_id)
+        await self.publish(missed, subjects.call_lifecycle(tenant, call_id))
         with contextlib.suppress(MeshError):
             await self.cancel(tenant, call_id)
         if call is not None and call.phone:
             caller = call.caller_name or tenant
             await self.publish(
                 SmsJob(
-                    event_id=f"{call_id}-missed-sms",
-                    tenant=tenant,
-                    call_id=call_id,
-                    source=SOURCE,
+                    **_derived(tenant, call_id, "missed-sms"),
                     idempotency_key=f"missed-call:{call_id}",
                     to=call.phone,
                     body=self.settings.missed_call_text.format(caller=caller),

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from voicemesh.common import run, setup_process
+from voicemesh.common import serve
 from voicemesh.sms.app import create_app
 from voicemesh.sms.settings import SmsSettings
 
 
 def main() -> None:
-    settings = SmsSettings()
-    setup_process("sms", settings)
-    run(create_app(settings))
+    serve("sms", SmsSettings, create_app)
 
 
 if __name__ == "__main__":

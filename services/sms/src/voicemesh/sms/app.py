@@ -22,7 +22,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from redis.asyncio import Redis
 
 from voicemesh.common import (
-    InvalidMessage,
     MeshService,
     SmsJob,
     UnavailableError,
@@ -136,12 +135,10 @@ def create_app(settings: SmsSettings) -> MeshService:
 
     @subscribe_durable(service.broker, streams.consumer("sms", "jobs"), settings.tenant)
     async def on_job(job: SmsJob, msg: Annotated[NatsMessage, Context("message")]) -> None:
-        raw = msg.raw_message
-        if subjects.tenant_of(raw.subject) != job.tenant:
-            raise InvalidMessage("the job's tenant is not its subject's tenant")
+        # The subject's tenant is the job's: the delivery policy's tenant fence checked it.
         if job.tenant not in service.tenants:
             raise UnknownTenant(f"tenant {job.tenant!r} is not served here")
-        await sender.handle(job, heartbeat=raw.in_progress)
+        await sender.handle(job, heartbeat=msg.raw_message.in_progress)
 
     tools = ToolServer(service, max_workers=settings.tool_workers)
 
@@ -170,7 +167,7 @@ def create_app(settings: SmsSettings) -> MeshService:
 
 
 def _http_routes(service: MeshService, settings: SmsSettings, sender: SmsSender) -> None:
-    guard = tenant_guard(ApiKeys.parse(settings.api_keys.get_secret_value()), service.tenants)
+    guard = tenant_guard(ApiKeys.from_settings(settings), service.tenants)
     http = service.http
 
     @http.get("/v1/{tenant}/messages", tags=["sms"])

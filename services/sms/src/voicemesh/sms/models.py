@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import uuid
 from datetime import datetime
 
 from sqlalchemy import UniqueConstraint
 from sqlmodel import Field, SQLModel
+
+from voicemesh.common.contracts.ids import new_id
 
 __all__ = ["OptOut", "SmsMessage"]
 
@@ -17,7 +18,7 @@ class SmsMessage(SQLModel, table=True):
     __tablename__ = "sms_messages"
     __table_args__ = (UniqueConstraint("tenant", "idempotency_key", name="uq_sms_idempotency"),)
 
-    id: str = Field(default_factory=lambda: uuid.uuid4().hex, primary_key=True, max_length=32)
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=32)
     tenant: str = Field(index=True, max_length=63)
     idempotency_key: str = Field(max_length=128)
     to: str = Field(index=True, max_length=16)

@@ -10,13 +10,13 @@ Provider failures are translated here, once, into the error tree:
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass
 from typing import Protocol
 
 import httpx
 
 from voicemesh.common import PermanentError, TransientError, UnavailableError
+from voicemesh.common.contracts.ids import new_id
 
 __all__ = [
     "OutboxProvider",
@@ -75,7 +75,7 @@ class OutboxProvider:
     async def send(
         self, to: str, body: str, sender: str, *, status_callback: str | None = None
     ) -> Receipt:
-        return Receipt(provider_id=f"outbox-{uuid.uuid4().hex}", status="sent")
+        return Receipt(provider_id=f"outbox-{new_id()}", status="sent")
 
     async def close(self) -> None:
         return None

@@ -10,7 +10,6 @@ the commit can still send twice: providers offer no idempotency key to close tha
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -26,6 +25,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from voicemesh.common import JetStreamPublisher, SmsJob, UnavailableError
 from voicemesh.common.contracts import subjects
 from voicemesh.common.contracts.events import SmsStatus
+from voicemesh.common.contracts.ids import derived_id
 from voicemesh.common.runtime.db import Database
 from voicemesh.sms.models import OptOut, SmsMessage
 from voicemesh.sms.providers import ProviderRejected, SmsProvider
@@ -189,11 +189,8 @@ class SmsSender:
         return status
 
     async def _announce(self, row: SmsMessage) -> None:
-        digest = hashlib.sha256(
-            f"{row.tenant}\x00{row.idempotency_key}\x00{row.status}".encode()
-        ).hexdigest()[:40]
         event = SmsStatus(
-            event_id=digest,
+            event_id=derived_id(row.tenant, row.idempotency_key, row.status),
             tenant=row.tenant,
             call_id=row.call_id,
             source="sms",

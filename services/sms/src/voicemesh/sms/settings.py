@@ -7,16 +7,16 @@ from typing import Literal
 from pydantic import Field, SecretStr
 
 from voicemesh.common import ServiceSettings
+from voicemesh.common.runtime.auth import ApiKeySettings
 
 __all__ = ["SmsSettings"]
 
 
-class SmsSettings(ServiceSettings):
+class SmsSettings(ServiceSettings, ApiKeySettings):
     """Provider choice and limits. Twilio credentials are secrets and never logged."""
 
     service_name: str = "sms"
     http_port: int = 8085
-    api_keys: SecretStr = Field(default=SecretStr(""), description="'tenant:key,...'")
 
     provider: Literal["outbox", "twilio"] = "outbox"
     sender_id: str = Field(default="+15550000000", description="the From number")

@@ -16,7 +16,11 @@ from pydantic import ValidationError
 
 from voicemesh.common import MeshService
 from voicemesh.common.contracts import subjects
-from voicemesh.common.contracts.errors import InvalidMessage, UnknownTenant
+from voicemesh.common.contracts.errors import (
+    InvalidMessage,
+    UnknownTenant,
+    describe_validation_error,
+)
 from voicemesh.common.contracts.events import TranscriptSegment
 from voicemesh.common.contracts.streams import consumer
 from voicemesh.common.runtime.auth import ApiKeys
@@ -31,13 +35,6 @@ __all__ = ["create_app", "parse_segment"]
 log = logging.getLogger(__name__)
 
 
-def _api_keys(settings: TranscriptSettings) -> ApiKeys:
-    spec = settings.api_keys.get_secret_value()
-    if settings.api_keys_file is not None:
-        spec += "," + settings.api_keys_file.read_text()
-    return ApiKeys.parse(spec)
-
-
 def parse_segment(subject: str, data: bytes) -> TranscriptSegment:
     """Validate a segment against its subject, or raise ``InvalidMessage`` saying why.
 
@@ -47,10 +44,7 @@ def parse_segment(subject: str, data: bytes) -> TranscriptSegment:
     try:
         segment = TranscriptSegment.model_validate_json(data)
     except ValidationError as exc:
-        errors = exc.errors(include_url=False, include_input=False)
-        reason = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in errors[:5]
-        )
+        reason = describe_validation_error(exc)
         raise InvalidMessage(f"not a transcript segment: {reason}") from None
     on_call = subjects.parse_call_subject(subject)
     if on_call is None or on_call[0] != segment.tenant or on_call[1] != segment.call_id:
@@ -95,6 +89,6 @@ def create_app(settings: TranscriptSettings) -> MeshService:
         await db.close()
 
     service.http.include_router(
-        transcript_router(store, _api_keys(settings), service.tenants, tracer)
+        transcript_router(store, ApiKeys.from_settings(settings), service.tenants, tracer)
     )
     return service

@@ -16,14 +16,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-import nats
-
-from voicemesh.cli.stack import SERVICES, StackOptions, run_stack
+from voicemesh.cli.bus import open_nats
 from voicemesh.common.contracts import streams
 from voicemesh.common.contracts.events import event_schemas
 
 
 def _up(args: argparse.Namespace) -> int:
+    # The local stack needs the test kit (the CLI's `local` extra), which the image lacks.
+    from voicemesh.cli.stack import SERVICES, StackOptions, run_stack
+
     services = args.only.split(",") if args.only else list(SERVICES)
     unknown = [s for s in services if s not in SERVICES]
     if unknown:
@@ -40,7 +41,7 @@ def _up(args: argparse.Namespace) -> int:
 
 
 async def _streams_apply(args: argparse.Namespace) -> int:
-    client = await nats.connect(args.nats_url, name="voicemesh-streams")
+    client = await open_nats(args.nats_url, name="voicemesh-streams")
     try:
         results = await streams.apply(
             client.jetstream(), tenants=args.tenant or ["*"], replicas=args.replicas
@@ -96,7 +97,8 @@ def main(argv: list[str] | None = None) -> None:
         "apply", help="create missing streams and consumers; change nothing else"
     )
     apply_p.add_argument(
-        "--nats-url", default=os.environ.get("VOICEMESH_NATS_URL", "nats://127.0.0.1:4222")
+        "--nats-url",
+        help="default: VOICEMESH_NATS_URL(S); credentials and TLS from VOICEMESH_NATS_*",
     )
     apply_p.add_argument("--tenant", action="append", help="make per-tenant consumers (repeatable)")
     apply_p.add_argument("--replicas", type=int, default=1)

@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import httpx
-import nats
 import yaml
 
+from voicemesh.cli.bus import open_nats
 from voicemesh.common.contracts import subjects
 from voicemesh.common.contracts.events import (
     AnyEvent,
@@ -43,6 +43,7 @@ from voicemesh.common.contracts.events import (
     new_call_id,
 )
 from voicemesh.common.contracts.tenancy import TenantRegistry
+from voicemesh.common.runtime.publisher import JetStreamPublisher
 
 __all__ = ["CallOptions", "main", "place_call"]
 
@@ -132,7 +133,7 @@ async def place_call(options: CallOptions, out: TextIO = sys.stdout) -> int:
     trace_id = secrets.token_hex(16)
     traceparent = f"00-{trace_id}-{secrets.token_hex(8)}-01"
     auth = {"Authorization": f"Bearer {options.api_key}"}
-    nc = await nats.connect(options.nats_url, name="voicemesh-call")
+    nc = await open_nats(options.nats_url, name="voicemesh-call")
     call: PhoneCall | None = None
     try:
         async with httpx.AsyncClient(timeout=15) as http:
@@ -154,10 +155,10 @@ async def place_call(options: CallOptions, out: TextIO = sys.stdout) -> int:
                 request = CallRequested(
                     tenant=options.tenant, call_id=call_id, source="cli", user_id=options.user
                 )
-                await nc.jetstream().publish(
+                await JetStreamPublisher(nc).publish(
+                    request,
                     subjects.call_lifecycle(options.tenant, call_id),
-                    request.model_dump_json().encode(),
-                    headers={"Nats-Msg-Id": request.event_id, "traceparent": traceparent},
+                    headers={"traceparent": traceparent},
                 )
                 payload = await phone.next_push(http, timeout=30)
                 progress(f"the phone rings: {payload['callerName']}; answering")
@@ -183,7 +184,7 @@ async def place_call(options: CallOptions, out: TextIO = sys.stdout) -> int:
                 )
                 if watcher.ended() is None:
                     progress("hanging up")
-                    await call.hang_up(http)
+                    await call.hang_up()
                 with contextlib.suppress(TimeoutError):
                     await watcher.wait(watcher.ended, 10, "the end of the call")
             finally:

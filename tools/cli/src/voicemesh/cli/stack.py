@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import httpx
-import nats
 
+from voicemesh.cli.bus import open_nats
 from voicemesh.common import TenantRegistry
 from voicemesh.common.contracts import streams
 from voicemesh.testkit.embedded import EmbeddedServer, free_port, start_nats, start_redis
@@ -180,7 +180,7 @@ class Stack:
 
     async def _apply_streams(self) -> None:
         assert self.nats is not None
-        client = await nats.connect(self.nats.url, name="voicemesh-up")
+        client = await open_nats(self.nats.url, name="voicemesh-up")
         try:
             results = await streams.apply(client.jetstream())
         finally:

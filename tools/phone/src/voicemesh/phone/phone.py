@@ -4,7 +4,8 @@
 push service, "receives" VoIP pushes by reading the APNs simulator's record for its token,
 checks each push the way iOS would (a call must be reportable to CallKit from the payload
 alone), and answers by POSTing an SDP offer to the push's ``signaling_url`` with the call
-token (WHIP), playing a WAV or a tone as the caller and recording what it hears.
+token (WHIP, through the test kit's ``WhipCaller``), playing a WAV or a tone as the caller
+and recording what it hears.
 ``pick_up``/``dial`` keep the call open instead: the returned ``PhoneCall`` speaks lines on
 cue (``CallerVoice``) and tells when the agent has stopped talking, so a scripted caller can
 hold a whole conversation. The push's ``traceparent`` goes along as a header, so the
@@ -15,9 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fractions
 import logging
-import math
 import time
 import uuid
 from collections.abc import Iterable, Sequence
@@ -25,14 +24,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-import numpy as np
-from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
-from aiortc.contrib.media import MediaPlayer
-from aiortc.mediastreams import MediaStreamError
-from av import AudioFrame
+from aiortc import MediaStreamTrack
 
 from voicemesh.common.runtime.speech import resample
 from voicemesh.phone.voice import CallerVoice, synthesize
+from voicemesh.testkit.tracks import RATE, ToneTrack, WavTrack
+from voicemesh.testkit.whip import CallRefused, WhipCaller
 
 __all__ = [
     "AnswerReport",
@@ -40,7 +37,6 @@ __all__ = [
     "NotReportable",
     "PhoneCall",
     "SimulatedPhone",
-    "ToneTrack",
     "check_reportable",
     "dial",
 ]
@@ -50,14 +46,6 @@ log = logging.getLogger(__name__)
 
 class NotReportable(ValueError):
     """A VoIP push iOS could not report to CallKit (the app would be killed for it)."""
-
-
-class CallRefused(RuntimeError):
-    """The gateway did not answer the offer with ``201``."""
-
-    def __init__(self, status: int, detail: str) -> None:
-        super().__init__(f"the gateway refused the offer: HTTP {status} {detail[:200]}")
-        self.status = status
 
 
 def check_reportable(payload: dict[str, Any]) -> dict[str, Any]:
@@ -76,37 +64,6 @@ def check_reportable(payload: dict[str, Any]) -> dict[str, Any]:
             if not payload.get(key):
                 raise NotReportable(f"a ringing push without {key!r} cannot be answered")
     return {"uuid": str(call_uuid), "handle": handle, "callerName": caller}
-
-
-class ToneTrack(MediaStreamTrack):
-    """A caller saying "aaah": a 440 Hz tone, 20 ms frames at 48 kHz, paced in real time."""
-
-    kind = "audio"
-    RATE, SAMPLES = 48000, 960
-
-    def __init__(self, frequency: float = 440.0) -> None:
-        super().__init__()
-        self._frequency = frequency
-        self._pts = 0
-        self._start: float | None = None
-
-    async def recv(self) -> AudioFrame:
-        if self.readyState != "live":
-            raise MediaStreamError
-        if self._start is None:
-            self._start = time.monotonic()
-        else:
-            self._pts += self.SAMPLES
-            wait = self._start + self._pts / self.RATE - time.monotonic()
-            if wait > 0:
-                await asyncio.sleep(wait)
-        t = (np.arange(self.SAMPLES) + self._pts) / self.RATE
-        pcm = (np.sin(2 * math.pi * self._frequency * t) * 8000).astype(np.int16)
-        frame = AudioFrame(format="s16", layout="mono", samples=self.SAMPLES)
-        frame.planes[0].update(pcm.tobytes())
-        frame.sample_rate, frame.pts = self.RATE, self._pts
-        frame.time_base = fractions.Fraction(1, self.RATE)
-        return frame
 
 
 @dataclass
@@ -200,65 +157,35 @@ class SimulatedPhone:
         listen_s: float = 2.0,
     ) -> AnswerReport:
         """Answer like CallKit's "accept": WHIP offer with the call token, talk, hang up."""
-        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-        player = MediaPlayer(wav) if wav else None
-        source: MediaStreamTrack = ToneTrack()
-        if player is not None and player.audio is not None:
-            source = player.audio
-        pc.addTrack(source)
-        heard: list[float] = []
-        consumers: list[asyncio.Task[None]] = []
-
-        @pc.on("track")
-        def on_track(track: MediaStreamTrack) -> None:
-            consumers.append(asyncio.ensure_future(_listen(track, heard)))
-
-        connected = asyncio.Event()
-
-        @pc.on("connectionstatechange")
-        async def on_state() -> None:
-            if pc.connectionState == "connected":
-                connected.set()
-
+        source: MediaStreamTrack = WavTrack(wav) if wav else ToneTrack(amplitude=TONE_AMPLITUDE)
+        caller = WhipCaller(http, track=source)
         report = AnswerReport(connected=False)
         try:
-            await pc.setLocalDescription(await pc.createOffer())
-            response = await http.post(
+            response = await caller.connect(
                 payload["signaling_url"],
-                content=pc.localDescription.sdp,
-                headers=_offer_headers(payload["call_token"], payload.get("traceparent")),
+                payload["call_token"],
+                traceparent=payload.get("traceparent"),
             )
             report.status = response.status_code
             if response.status_code != 201:
                 return report
-            report.location = response.headers.get("location")
-            report.ice_servers = response.headers.get_list("link")
-            await pc.setRemoteDescription(RTCSessionDescription(response.text, "answer"))
+            report.location, report.ice_servers = caller.location, caller.ice_servers
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(connected.wait(), 10)
-            report.connected = connected.is_set()
+                await asyncio.wait_for(caller.up.wait(), 10)
+            report.connected = caller.up.is_set()
             if report.connected:
                 await asyncio.sleep(listen_s)  # the call itself: talk and listen
-            report.frames_heard = len(heard)
-            report.rms_heard = float(np.mean(heard)) if heard else 0.0
-            if report.location:
-                url = httpx.URL(payload["signaling_url"]).join(report.location)
-                await http.delete(url, headers={"Authorization": f"Bearer {payload['call_token']}"})
+            levels = [level for _, level in caller.heard.levels]
+            report.frames_heard = len(levels)
+            report.rms_heard = sum(levels) / len(levels) if levels else 0.0
+            await caller.hangup()
         finally:
-            for task in consumers:
-                task.cancel()
-            await asyncio.gather(*consumers, return_exceptions=True)
-            await pc.close()
+            await caller.close()
         return report
 
 
-def _offer_headers(call_token: str, traceparent: str | None) -> dict[str, str]:
-    headers = {"Content-Type": "application/sdp", "Authorization": f"Bearer {call_token}"}
-    if traceparent:
-        # What the app does with the push's trace context: the answer joins the call's trace.
-        headers["traceparent"] = traceparent
-    return headers
-
+#: A caller saying "aaah" (s16 peak 8000 of 32767).
+TONE_AMPLITUDE = 8000 / 32767
 
 #: A received 20 ms frame louder than this (RMS of s16 samples) is the agent talking.
 VOICE_RMS = 200.0
@@ -302,24 +229,30 @@ def last_word_at(heard: Sequence[tuple[float, float]]) -> float | None:
 class PhoneCall:
     """The phone's side of one connected call: speak on cue, hear the agent, hang up."""
 
-    def __init__(
-        self, pc: RTCPeerConnection, voice: CallerVoice, signaling_url: str, call_token: str
-    ) -> None:
-        self.pc = pc
+    def __init__(self, caller: WhipCaller, voice: CallerVoice) -> None:
+        self.caller = caller
         self.voice = voice
-        self.signaling_url = signaling_url
-        self.call_token = call_token
-        self.location: str | None = None
-        self.ice_servers: list[str] = []
-        #: (monotonic time, RMS) of every frame heard from the gateway.
-        self.heard: list[tuple[float, float]] = []
-        #: with ``record``: (monotonic time, mono s16 PCM, sample rate) of every frame heard
-        self.record = False
-        self.recording: list[tuple[float, bytes, int]] = []
-        self.connected = asyncio.Event()
-        self.disconnected = asyncio.Event()
-        self._listeners: list[asyncio.Task[None]] = []
-        self._closed = False
+
+    @property
+    def connected(self) -> asyncio.Event:
+        return self.caller.up
+
+    @property
+    def disconnected(self) -> asyncio.Event:
+        return self.caller.down
+
+    @property
+    def location(self) -> str | None:
+        return self.caller.location
+
+    @property
+    def ice_servers(self) -> list[str]:
+        return self.caller.ice_servers
+
+    @property
+    def heard(self) -> list[tuple[float, float]]:
+        """(monotonic time, RMS) of every frame heard from the gateway."""
+        return self.caller.heard.levels
 
     @property
     def frames_heard(self) -> int:
@@ -346,10 +279,12 @@ class PhoneCall:
         return self.audio_between(first[0] - 0.1, first[1] + 0.1 if until is None else until)
 
     def audio_between(self, start: float, end: float) -> bytes:
-        """What the phone heard (``record``) from ``start`` to ``end`` (monotonic), as
-        16 kHz mono PCM."""
+        """What the phone heard (``dial(record=True)``) from ``start`` to ``end``
+        (monotonic), as 16 kHz mono PCM."""
         return b"".join(
-            resample(pcm, rate, 16000) for at, pcm, rate in self.recording if start <= at <= end
+            resample(pcm, RATE, 16000)
+            for at, pcm in self.caller.heard.recording
+            if start <= at <= end
         )
 
     def last_voice_at(self) -> float | None:
@@ -380,47 +315,17 @@ class PhoneCall:
                 raise TimeoutError("the agent did not finish speaking")
             await asyncio.sleep(0.05)
 
-    def _listen(self, track: MediaStreamTrack) -> None:
-        self._listeners.append(asyncio.ensure_future(self._consume(track)))
-
-    async def _consume(self, track: MediaStreamTrack) -> None:
-        with contextlib.suppress(MediaStreamError):
-            while True:
-                frame = await track.recv()
-                if not isinstance(frame, AudioFrame):
-                    continue
-                raw = frame.to_ndarray()
-                samples = raw.astype(np.float64)
-                rms = float(np.sqrt(np.mean(samples**2))) if samples.size else 0.0
-                now = time.monotonic()
-                self.heard.append((now, rms))
-                if self.record:
-                    channels = len(frame.layout.channels)
-                    mono = raw.reshape(-1, channels)[:, 0] if channels > 1 else raw.reshape(-1)
-                    self.recording.append((now, mono.astype(np.int16).tobytes(), frame.sample_rate))
-
-    async def hang_up(self, http: httpx.AsyncClient) -> int | None:
+    async def hang_up(self) -> int | None:
         """``DELETE`` the session (the gateway ends the call with ``hangup``), then close."""
         status = None
-        if self.location and not self._closed:
-            url = httpx.URL(self.signaling_url).join(self.location)
-            response = await http.delete(
-                url, headers={"Authorization": f"Bearer {self.call_token}"}
-            )
-            status = response.status_code
+        if self.caller.location and self.caller.pc is not None:
+            status = (await self.caller.hangup()).status_code
         await self.close()
         return status
 
     async def close(self) -> None:
         """Stop listening and close the peer connection; calling it twice is harmless."""
-        if self._closed:
-            return
-        self._closed = True
-        for task in self._listeners:
-            task.cancel()
-        await asyncio.gather(*self._listeners, return_exceptions=True)
-        self.voice.stop()
-        await self.pc.close()
+        await self.caller.close()
 
 
 async def dial(
@@ -434,50 +339,15 @@ async def dial(
 ) -> PhoneCall:
     """POST an offer to ``signaling_url`` with ``call_token`` and wait until ICE connects.
 
-    With ``record`` the call keeps the PCM it hears (``PhoneCall.recording``), so a test can
-    recognise what the agent said from the audio itself.
+    With ``record`` the call keeps the PCM it hears, so a test can recognise what the agent
+    said from the audio itself (``PhoneCall.audio_between``).
 
     Raises ``CallRefused`` when the gateway does not answer ``201`` and ``TimeoutError`` when
     the connection does not come up; the peer connection is closed in both cases.
     """
-    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     voice = CallerVoice()
-    call = PhoneCall(pc, voice, signaling_url, call_token)
-    call.record = record
-    pc.addTrack(voice)
-    pc.on("track", call._listen)
-
-    @pc.on("connectionstatechange")
-    async def on_state() -> None:
-        if pc.connectionState == "connected":
-            call.connected.set()
-        elif pc.connectionState in {"failed", "closed"}:
-            call.disconnected.set()
-
-    try:
-        await pc.setLocalDescription(await pc.createOffer())
-        response = await http.post(
-            signaling_url,
-            content=pc.localDescription.sdp,
-            headers=_offer_headers(call_token, traceparent),
-        )
-        if response.status_code != 201:
-            raise CallRefused(response.status_code, response.text)
-        call.location = response.headers.get("location")
-        call.ice_servers = response.headers.get_list("link")
-        await pc.setRemoteDescription(RTCSessionDescription(response.text, "answer"))
-        await asyncio.wait_for(call.connected.wait(), connect_timeout_s)
-    except BaseException:
-        await call.close()
-        raise
-    return call
-
-
-async def _listen(track: MediaStreamTrack, heard: list[float]) -> None:
-    with contextlib.suppress(MediaStreamError):
-        while True:
-            frame = await track.recv()
-            if not isinstance(frame, AudioFrame):
-                continue
-            samples = frame.to_ndarray().astype(np.float64)
-            heard.append(float(np.sqrt(np.mean(samples**2))) if samples.size else 0.0)
+    caller = WhipCaller(http, track=voice, record=record, loud_rms=VOICE_RMS)
+    await caller.dial(
+        signaling_url, call_token, traceparent=traceparent, connect_timeout_s=connect_timeout_s
+    )
+    return PhoneCall(caller, voice)

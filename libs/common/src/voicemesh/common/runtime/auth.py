@@ -1,7 +1,9 @@
 """Tenant API keys for the services' HTTP APIs.
 
-Keys come from ``VOICEMESH_API_KEYS`` (``tenant:key,tenant:key``) or from a file named by
-``VOICEMESH_API_KEYS_FILE`` with one ``tenant:key`` per line (a mounted Kubernetes Secret).
+Keys come from ``VOICEMESH_API_KEYS`` (``tenant:key,tenant:key``), from a file named by
+``VOICEMESH_API_KEYS_FILE`` with one ``tenant:key`` per line (a mounted Kubernetes Secret),
+or from both. Every service with an HTTP API mixes ``ApiKeySettings`` into its settings
+and loads its keys with ``ApiKeys.from_settings(settings)``: one loader for every API.
 A request presents ``Authorization: Bearer <key>``; the key must belong to the tenant named
 in the path. Comparison is constant-time; keys are never logged.
 """
@@ -10,16 +12,36 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from fastapi import Header, HTTPException, status
 from fastapi import Path as PathParam
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from voicemesh.common.contracts.tenancy import TENANT_ID_PATTERN, TenantRegistry
 
-__all__ = ["ApiKeys", "tenant_guard"]
+__all__ = ["ApiKeySettings", "ApiKeys", "tenant_guard"]
+
+
+class ApiKeySettings(BaseSettings):
+    """The API key fields, mixed into the settings of every service with an HTTP API.
+
+    ``class CrmSettings(ServiceSettings, ApiKeySettings)``; both fields are optional, and
+    keys from both are accepted.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="VOICEMESH_", extra="ignore", populate_by_name=True
+    )
+
+    api_keys: SecretStr = Field(
+        default=SecretStr(""), description="'tenant:key,...' keys for the HTTP API"
+    )
+    api_keys_file: Path | None = Field(
+        default=None, description="a file with one 'tenant:key' per line (a mounted Secret)"
+    )
 
 
 class ApiKeys:
@@ -43,12 +65,21 @@ class ApiKeys:
         return cls(pairs)
 
     @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None) -> ApiKeys:
-        env = os.environ if environ is None else environ
-        spec = env.get("VOICEMESH_API_KEYS", "")
-        if path := env.get("VOICEMESH_API_KEYS_FILE"):
-            spec += "," + Path(path).read_text()
+    def from_settings(cls, settings: ApiKeySettings) -> ApiKeys:
+        """The keys of ``settings.api_keys`` and of the file ``settings.api_keys_file`` names."""
+        spec = settings.api_keys.get_secret_value()
+        if settings.api_keys_file is not None:
+            spec += "," + settings.api_keys_file.read_text()
         return cls.parse(spec)
+
+    @classmethod
+    def from_env(cls) -> ApiKeys:
+        """``from_settings`` on the ``VOICEMESH_API_KEYS*`` environment variables alone.
+
+        For entry points without ``ApiKeySettings`` in their settings yet; prefer
+        ``from_settings(settings)``, which reads the settings the entry point loaded.
+        """
+        return cls.from_settings(ApiKeySettings())
 
     def allows(self, tenant: str, key: str) -> bool:
         digest = hashlib.sha256(key.encode()).digest()

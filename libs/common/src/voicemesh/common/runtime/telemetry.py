@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from faststream.message import StreamMessage
     from faststream.response import PublishCommand
 
-__all__ = ["Telemetry", "inject_trace_headers", "setup_telemetry", "trace_context_from"]
+__all__ = ["Telemetry", "setup_telemetry", "trace_context_from"]
 
 
 class _LowCardTracing(NatsTelemetrySettingsProvider):
@@ -142,13 +142,6 @@ def setup_telemetry(
         settings_provider_factory=_metrics_provider, registry=registry, app_name=service_name
     )
     return Telemetry(service_name, provider, registry, [tracing, metrics])
-
-
-def inject_trace_headers(headers: dict[str, str] | None = None) -> dict[str, str]:
-    """Add the current W3C trace context to ``headers`` (for raw nats-py publishes)."""
-    carrier = dict(headers or {})
-    propagate.inject(carrier)
-    return carrier
 
 
 def trace_context_from(headers: Mapping[str, str] | None) -> Any:

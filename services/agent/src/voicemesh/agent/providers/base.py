@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from voicemesh.agent.profiles import Profile
-from voicemesh.common.contracts.events import ToolResult
+from voicemesh.common.contracts.events import HandoffReason, ToolResult
 from voicemesh.common.contracts.tenancy import Tenant
 from voicemesh.common.runtime.tools import ToolClient
 
@@ -50,7 +50,7 @@ class Reply:
 
     text: str
     hangup: bool = False
-    handoff: str | None = None
+    handoff: HandoffReason | None = None
     intent: str | None = None
     #: The reply's voice as the provider produces it (s16le mono at ``speech_rate``), for a
     #: provider that speaks while it thinks: played as it arrives. ``text``, ``hangup`` and

@@ -1,0 +1,159 @@
+"""A call through the mesh on NATS as it is deployed: the shipped ``auth.conf`` loaded.
+
+Every process is who its manifest says it is to NATS: the stream job is ``admin`` (its
+credentials in ``VOICEMESH_NATS_URL``, as in ``streams-job.yaml``), the gateway and push
+are their own users serving every tenant, and the six containers of demo-salon's pod and
+the caller's CLI are the tenant's user, fenced to ``vm.demo-salon.>`` and its own inboxes.
+A process that opened a connection any other way (the agent's media connection once had
+no credentials) is refused, and the call below never connects or never books.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import sys
+from datetime import datetime, time
+from types import ModuleType
+from zoneinfo import ZoneInfo
+
+import httpx
+import pytest
+
+from voicemesh.common.contracts.events import event_types
+from voicemesh.testkit.embedded import free_port
+from voicemesh.testkit.fixtures import LocalDays, ProcessTracker, ServiceProcess
+from voicemesh.testkit.mesh import EventTypesSeen, NatsIdentity, nats_client
+
+from ..conftest import DeployedNats
+
+pytestmark = pytest.mark.slow
+
+TENANT, VERTICAL = "demo-salon", "salon"  # a vertical overlay's demo tenant: in auth.conf
+
+
+def _job_url(url: str, admin: NatsIdentity) -> str:
+    """``nats://admin:$(NATS_ADMIN_PASSWORD)@nats:4222``, as the stream job's manifest has it."""
+    return url.replace("nats://", f"nats://{admin.user}:{admin.password}@", 1)
+
+
+async def _streams_apply(nats: DeployedNats) -> None:
+    job = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "voicemesh.cli", "streams", "apply",
+        env={**os.environ, "VOICEMESH_NATS_URL": _job_url(nats.url, nats.identity("admin"))},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    output, _ = await asyncio.wait_for(job.communicate(), 60)
+    assert job.returncode == 0, output.decode()
+
+
+async def _start_services(
+    nats: DeployedNats,
+    pod_services: tuple[str, ...],
+    redis_url: str,
+    processes: ProcessTracker,
+    api_key: str,
+) -> dict[str, ServiceProcess]:
+    gateway_port = free_port()
+    shared = {
+        "VOICEMESH_NATS_URL": nats.url,
+        "VOICEMESH_REDIS_URL": redis_url,
+        "VOICEMESH_TENANTS": f"{TENANT}:{VERTICAL}",
+        "VOICEMESH_API_KEYS": f"{TENANT}:{api_key}",
+        "VOICEMESH_CALL_TOKEN_SECRET": secrets.token_urlsafe(36),
+        "VOICEMESH_GATEWAY_PUBLIC_URL": f"http://127.0.0.1:{gateway_port}",
+    }
+    identities = {
+        "gateway": nats.identity("gateway"),
+        "push": nats.identity("push"),
+        **{name: nats.identity(TENANT) for name in pod_services},
+    }
+    services = {
+        name: processes.python_module(
+            f"voicemesh.{name}",
+            {
+                **shared,
+                **identity.env(),
+                "VOICEMESH_DATABASE_URL": f"sqlite+aiosqlite:///{processes.log_dir / name}.db",
+            },
+            http_port=gateway_port if name == "gateway" else None,
+        )
+        for name, identity in identities.items()
+    }
+    assert identities["gateway"].tenant == identities["push"].tenant == "*"  # as deployed
+    await asyncio.gather(*(s.wait_healthy(timeout=90) for s in services.values()))
+    return services
+
+
+async def test_a_call_books_with_every_process_on_its_deployed_nats_user(
+    deployed_nats: DeployedNats,
+    k8s: ModuleType,
+    redis_url: str,
+    processes: ProcessTracker,
+) -> None:
+    pod_services: tuple[str, ...] = k8s.nats_auth.POD_SERVICES
+    assert set(pod_services) == {"agent", "crm", "calendar", "sms", "audit", "transcript"}
+    await _streams_apply(deployed_nats)
+    api_key = "vmk_" + secrets.token_urlsafe(24)
+    services = await _start_services(deployed_nats, pod_services, redis_url, processes, api_key)
+    url = {name: f"http://127.0.0.1:{s.http_port}" for name, s in services.items()}
+
+    tenant = deployed_nats.identity(TENANT)
+    watch = await nats_client(deployed_nats.url, name="voicemesh-test-watch", identity=tenant)
+    seen = EventTypesSeen(watch, TENANT)
+    await seen.start()
+    days = LocalDays()
+    try:
+        caller = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "voicemesh.cli", "call",
+            "--tenant", TENANT, "--data-dir", str(processes.log_dir / "no-stack"),
+            "--gateway-url", url["gateway"], "--transcript-url", url["transcript"],
+            "--nats-url", deployed_nats.url, "--api-key", api_key,
+            env={**os.environ, "VOICEMESH_TENANTS": f"{TENANT}:{VERTICAL}", **tenant.env()},
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )  # fmt: skip
+        raw, _ = await asyncio.wait_for(caller.communicate(), 100)
+    finally:
+        await seen.stop()
+        await watch.drain()
+    output = raw.decode()
+    logs = "\n".join(f"--- {n}\n{s.log()[-1500:]}" for n, s in services.items())
+    assert caller.returncode == 0, output + logs
+
+    progress = [line.split("] ", 1)[1] for line in output.splitlines() if line.startswith("[")]
+    assert any(p.startswith("agent said: Hi, thanks for calling Bella Salon") for p in progress)
+    assert "booked" in progress, output + logs
+    assert progress[-1].startswith("ended ("), output
+
+    async with httpx.AsyncClient(timeout=10) as http:
+        auth = {"Authorization": f"Bearer {api_key}"}
+        hours = (await http.get(f"{url['calendar']}/v1/{TENANT}/hours", headers=auth)).json()
+        zone = ZoneInfo(hours["time_zone"])
+        tomorrows = days.tomorrows(zone)
+        listed = await http.get(
+            f"{url['calendar']}/v1/{TENANT}/appointments",
+            params={"day": tomorrows[0].isoformat(), "days": len(tomorrows)},
+            headers=auth,
+        )
+    assert listed.status_code == 200, listed.text
+    starts = {datetime.combine(day, time(15, 0), tzinfo=zone) for day in tomorrows}
+    booked = [
+        a
+        for a in listed.json()["appointments"]
+        if datetime.fromisoformat(a["start"]) in starts and a["status"] == "booked"
+    ]
+    assert len(booked) == 1, listed.json()
+
+    # Every event on the tenant's subjects is one `make docs` exports ...
+    assert {"call.connected", "call.ended", "tool.event"} <= set(seen.types), seen.types
+    unregistered = {t: s for t, s in seen.types.items() if t not in event_types()}
+    assert unregistered == {}, "published but not in contracts.events.AnyEvent"
+    # ... and no process stepped outside its permissions (the server logs each violation).
+    assert deployed_nats.server.log_path is not None
+    violations = [
+        line
+        for line in deployed_nats.server.log_path.read_text().splitlines()
+        if "Violation" in line
+    ]
+    assert violations == []
