@@ -88,6 +88,15 @@ class Running:
         self.procs.append(proc)
         return proc
 
+    async def start_servers(self) -> tuple[str, str]:
+        """nats-server (streams provisioned) and redis-server; their URLs."""
+        nats_server = start_nats(self.tmp / "nats")
+        self.servers.append(nats_server)
+        redis_server = start_redis(self.tmp / "redis")
+        self.servers.append(redis_server)
+        await provision(nats_server.url)
+        return nats_server.url, redis_server.url
+
     def stop(self) -> None:
         for proc in self.procs:
             if proc.poll() is None:
@@ -173,19 +182,15 @@ async def bench(calls_list: list[int]) -> None:
         tmp = Path(tmp_dir)
         run = Running(tmp)
         try:
-            nats_server = start_nats(tmp / "nats")
-            run.servers.append(nats_server)
-            redis_server = start_redis(tmp / "redis")
-            run.servers.append(redis_server)
-            await provision(nats_server.url)
-            gw_pid, gw_url = start_gateway(run, nats_server.url, redis_server.url, 1)
+            nats_url, redis_url = await run.start_servers()
+            gw_pid, gw_url = start_gateway(run, nats_url, redis_url, 1)
             bare_pid, bare_url = start_bare(run, 1)
             await wait_http(gw_url + "/healthz")
             await wait_http(bare_url + "/whip")
             rows = []
             for calls in calls_list:
-                gw = await measure(run, gw_pid, gw_url, "gateway", calls, nats_server.url)
-                bare = await measure(run, bare_pid, bare_url, "bare", calls, nats_server.url)
+                gw = await measure(run, gw_pid, gw_url, "gateway", calls, nats_url)
+                bare = await measure(run, bare_pid, bare_url, "bare", calls, nats_url)
                 added = (
                     gw["rtt_ms"] - bare["rtt_ms"]
                     if gw["rtt_ms"] is not None and bare["rtt_ms"] is not None

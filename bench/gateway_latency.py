@@ -28,9 +28,6 @@ from gateway import (
     wait_http,
 )
 
-from voicemesh.testkit.embedded import start_nats, start_redis
-from voicemesh.testkit.mesh import provision
-
 WINDOW_S = 6.0
 
 
@@ -40,20 +37,14 @@ async def main() -> None:
         tmp = Path(tmp_dir)
         run = Running(tmp)
         try:
-            nats_server = start_nats(tmp / "nats")
-            run.servers.append(nats_server)
-            redis_server = start_redis(tmp / "redis")
-            run.servers.append(redis_server)
-            await provision(nats_server.url)
+            nats_url, redis_url = await run.start_servers()
             for prefetch in (4, 1):
-                gw_pid, gw_url = start_gateway(run, nats_server.url, redis_server.url, prefetch)
+                gw_pid, gw_url = start_gateway(run, nats_url, redis_url, prefetch)
                 bare_pid, bare_url = start_bare(run, prefetch)
                 await wait_http(gw_url + "/healthz")
                 await wait_http(bare_url + "/whip")
                 for kind, pid, url in (("bare", bare_pid, bare_url), ("gateway", gw_pid, gw_url)):
-                    result = await measure(
-                        run, pid, url, kind, 1, nats_server.url, seconds=WINDOW_S
-                    )
+                    result = await measure(run, pid, url, kind, 1, nats_url, seconds=WINDOW_S)
                     rtts = result["rtts_ms"]
                     rows.append(
                         {

@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 
 from voicemesh.testkit import results
+from voicemesh.testkit.embedded import free_port
+from voicemesh.testkit.fixtures import ProcessTracker, ServiceProcess
 
 RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results" / "chaos.json"
 
@@ -21,6 +23,35 @@ RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results" / "chaos.jso
 def record_section(name: str, data: dict[str, Any], path: Path = RESULTS) -> None:
     """Replace section ``name`` of the chaos results with ``data`` (other sections kept)."""
     results.record_section(path, name, data)
+
+
+async def start_gateway_and_agent(
+    processes: ProcessTracker,
+    nats_url: str,
+    redis_url: str,
+    *,
+    tenant: str,
+    vertical: str,
+    secret: str,
+    api_key: str,
+) -> tuple[ServiceProcess, ServiceProcess, str]:
+    """The gateway and the agent serving ``tenant``, healthy; and the gateway's base URL."""
+    gateway_port = free_port()
+    common = {"VOICEMESH_NATS_URL": nats_url, "VOICEMESH_TENANTS": f"{tenant}:{vertical}"}
+    gateway = processes.python_module(
+        "voicemesh.gateway",
+        {
+            **common,
+            "VOICEMESH_REDIS_URL": redis_url,
+            "VOICEMESH_CALL_TOKEN_SECRET": secret,
+            "VOICEMESH_API_KEYS": f"{tenant}:{api_key}",
+        },
+        http_port=gateway_port,
+    )
+    agent = processes.python_module("voicemesh.agent", common)
+    await gateway.wait_healthy(30)
+    await agent.wait_healthy(30)
+    return gateway, agent, f"http://127.0.0.1:{gateway_port}"
 
 
 _OUTCOME = pytest.StashKey[str]()

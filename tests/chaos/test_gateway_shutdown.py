@@ -20,15 +20,15 @@ from typing import Any
 
 import httpx
 from nats.aio.client import Client as NatsClient
-from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from voicemesh.common import decode_event
 from voicemesh.common.contracts import streams, subjects
 from voicemesh.common.contracts.events import CallEnded
-from voicemesh.testkit.embedded import free_port
 from voicemesh.testkit.fixtures import ProcessTracker, wait_until
+from voicemesh.testkit.mesh import stored_events
 from voicemesh.testkit.tracks import ToneTrack
 from voicemesh.testkit.whip import WhipCaller
+
+from .conftest import start_gateway_and_agent
 
 TENANT = "demo-legal"
 API_KEY = "chaos-sigterm-legal-key-0123456789"
@@ -39,25 +39,8 @@ CLEAN_CLOSE_S = 5.0
 
 
 async def _ends(nats: NatsClient) -> list[CallEnded]:
-    sub = await nats.jetstream().pull_subscribe(
-        subjects.call_lifecycle(TENANT, "*"),
-        stream="CALLS",
-        config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL),
-    )
-    ended: list[CallEnded] = []
-    try:
-        while True:
-            try:
-                batch = await sub.fetch(100, timeout=0.5)
-            except TimeoutError:
-                return ended
-            for msg in batch:
-                event = decode_event(msg.data)
-                if isinstance(event, CallEnded):
-                    ended.append(event)
-                await msg.ack()
-    finally:
-        await sub.unsubscribe()
+    events = await stored_events(nats, subjects.call_lifecycle(TENANT, "*"))
+    return [e for e in events if isinstance(e, CallEnded)]
 
 
 def _page_said_ended(caller: WhipCaller) -> str | None:
@@ -84,27 +67,21 @@ async def test_sigterm_ends_every_call_with_server_shutdown(
     chaos_results: Callable[[dict[str, Any]], None],
 ) -> None:
     await streams.apply(nats.jetstream(), services={"agent"})
-    port = free_port()
-    common = {"VOICEMESH_NATS_URL": nats_url, "VOICEMESH_TENANTS": f"{TENANT}:legal"}
-    gateway = processes.python_module(
-        "voicemesh.gateway",
-        {
-            **common,
-            "VOICEMESH_REDIS_URL": redis_url,
-            "VOICEMESH_CALL_TOKEN_SECRET": SECRET,
-            "VOICEMESH_API_KEYS": f"{TENANT}:{API_KEY}",
-        },
-        http_port=port,
+    gateway, agent, base = await start_gateway_and_agent(
+        processes,
+        nats_url,
+        redis_url,
+        tenant=TENANT,
+        vertical="legal",
+        secret=SECRET,
+        api_key=API_KEY,
     )
-    agent = processes.python_module("voicemesh.agent", common)
-    await gateway.wait_healthy(30)
-    await agent.wait_healthy(30)
 
     callers: list[WhipCaller] = []
     call_ids: list[str] = []
     closed_after: list[float] = []
     states: list[str] = []
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+    async with httpx.AsyncClient(base_url=base, timeout=10) as http:
         try:
             for _ in range(CALLS):
                 # A quiet caller: the agent talks.

@@ -21,16 +21,17 @@ from typing import Any
 
 import httpx
 from nats.aio.client import Client as NatsClient
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from voicemesh.agent.speech import speak
-from voicemesh.common import decode_event
 from voicemesh.common.contracts import streams, subjects
-from voicemesh.common.contracts.events import AnyEvent, CallEnded, TranscriptSegment
-from voicemesh.testkit.embedded import EmbeddedServer, free_port
-from voicemesh.testkit.fixtures import ProcessTracker, ServiceProcess, wait_until
+from voicemesh.common.contracts.events import CallEnded, TranscriptSegment
+from voicemesh.testkit.embedded import EmbeddedServer
+from voicemesh.testkit.fixtures import ProcessTracker, wait_until
+from voicemesh.testkit.mesh import stored_events
 from voicemesh.testkit.tracks import CallerVoice
 from voicemesh.testkit.whip import WhipCaller
+
+from .conftest import start_gateway_and_agent
 
 TENANT = "demo-salon"
 API_KEY = "chaos-nats-salon-key-0123456789"
@@ -54,53 +55,15 @@ class Caller(WhipCaller):
         last = self.heard.loud_at[-1] if self.heard.loud_at else 0.0
         return bool(self.heard.loud_at) and time.monotonic() - last >= seconds
 
-    async def dial(self) -> None:
+    async def call_in(self) -> None:
         created = await self.create(TENANT, API_KEY)
         self.call_id = created["call_id"]
-        response = await self.connect(created["whip_url"], created["token"])
-        assert response.status_code == 201, response.text
-        await wait_until(self.connected, 20, what="the call to connect")
-
-
-def _mesh(
-    processes: ProcessTracker, nats_url: str, redis_url: str
-) -> tuple[ServiceProcess, ServiceProcess, str]:
-    gateway_port = free_port()
-    common = {"VOICEMESH_NATS_URL": nats_url, "VOICEMESH_TENANTS": f"{TENANT}:salon"}
-    gateway = processes.python_module(
-        "voicemesh.gateway",
-        {
-            **common,
-            "VOICEMESH_REDIS_URL": redis_url,
-            "VOICEMESH_CALL_TOKEN_SECRET": SECRET,
-            "VOICEMESH_API_KEYS": f"{TENANT}:{API_KEY}",
-        },
-        http_port=gateway_port,
-    )
-    agent = processes.python_module("voicemesh.agent", common)
-    return gateway, agent, f"http://127.0.0.1:{gateway_port}"
-
-
-async def _stored(nats: NatsClient, subject: str) -> list[AnyEvent]:
-    """Every event JetStream holds on ``subject`` (durable, unlike a core subscription)."""
-    sub = await nats.jetstream().pull_subscribe(
-        subject, config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL, ack_policy=AckPolicy.NONE)
-    )
-    found: list[AnyEvent] = []
-    try:
-        while True:
-            try:
-                batch = await sub.fetch(100, timeout=0.5)
-            except TimeoutError:
-                return found
-            found += [decode_event(m.data) for m in batch]
-    finally:
-        await sub.unsubscribe()
+        await self.dial(created["whip_url"], created["token"], connect_timeout_s=20)
 
 
 async def _lifecycle_ends(nats: NatsClient) -> list[CallEnded]:
     """Every ``CallEnded`` in the CALLS stream."""
-    events = await _stored(nats, subjects.call_lifecycle(TENANT, "*"))
+    events = await stored_events(nats, subjects.call_lifecycle(TENANT, "*"))
     return [e for e in events if isinstance(e, CallEnded)]
 
 
@@ -122,9 +85,15 @@ async def test_calls_survive_a_nats_restart(
     chaos_results: Callable[[dict[str, Any]], None],
 ) -> None:
     await streams.apply(nats.jetstream(), services={"agent"})
-    gateway, agent, base = _mesh(processes, nats_server.url, redis_url)
-    await gateway.wait_healthy(30)
-    await agent.wait_healthy(30)
+    gateway, agent, base = await start_gateway_and_agent(
+        processes,
+        nats_server.url,
+        redis_url,
+        tenant=TENANT,
+        vertical="salon",
+        secret=SECRET,
+        api_key=API_KEY,
+    )
     outcomes: list[dict[str, Any]] = []
     callers: list[Caller] = []
     async with httpx.AsyncClient(base_url=base, timeout=10) as http:
@@ -132,7 +101,7 @@ async def test_calls_survive_a_nats_restart(
             for _ in range(CALLS_BEFORE):
                 caller = Caller(http)
                 callers.append(caller)
-                await caller.dial()
+                await caller.call_in()
             for caller in callers:  # the agent greets each caller
                 await wait_until(partial(caller.heard_after, 0.0), 20, what="the greeting")
                 await wait_until(partial(caller.quiet_for, 0.8), 20, what="greeting done")
@@ -178,7 +147,7 @@ async def test_calls_survive_a_nats_restart(
             late = Caller(http)
             callers.append(late)
             dialled = time.monotonic()
-            await late.dial()
+            await late.call_in()
             greeted = await wait_until(lambda: late.heard_after(dialled), 20, what="greeting")
             outcomes.append({"call": late.call_id, "greeted_after_s": round(greeted - dialled, 2)})
 
@@ -237,7 +206,7 @@ async def _answer_or_end(caller: Caller, spoke_until: float, nats: NatsClient) -
     wall = time.time() - (time.monotonic() - spoke_until)
     lines = [
         f"{s.speaker.value} at {s.occurred_at.timestamp() - wall:+.2f}s: {s.text}"
-        for s in await _stored(nats, subjects.call_transcript(TENANT, caller.call_id))
+        for s in await stored_events(nats, subjects.call_transcript(TENANT, caller.call_id))
         if isinstance(s, TranscriptSegment)
     ]
     assert ends, (

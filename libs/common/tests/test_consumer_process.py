@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from nats.aio.client import Client as NatsClient
+from nats.js.client import JetStreamContext
 
 from voicemesh.common import CallConnected, DeadLetter
 from voicemesh.common.contracts import streams, subjects
@@ -29,91 +31,92 @@ def _records(path: Path) -> list[tuple[str, int, str]]:
     return rows
 
 
-async def _start_probe(
-    processes: ProcessTracker,
-    nats_url: str,
-    tenant: str,
-    purpose: str,
-    record: Path,
-    hold_s: float,
-    extra: dict[str, str] | None = None,
-) -> ServiceProcess:
-    env = {
-        "PYTHONPATH": str(HERE),
-        "VOICEMESH_NATS_URL": nats_url,
-        "VOICEMESH_TENANT": tenant,
-        "VOICEMESH_TENANTS": f"{tenant}:salon",
-        "PROBE_RECORD": str(record),
-        "PROBE_PURPOSE": purpose,
-        "PROBE_HOLD_S": str(hold_s),
-        "PROBE_ACK_WAIT_S": "2",
-        **(extra or {}),
-    }
-    probe = processes.python_module("probe_service", env, name="probe")
-    await probe.wait_healthy()
-    return probe
+@dataclass
+class Lane:
+    """One probe durable (its own tenant and purpose) and the file the probe records in."""
+
+    js: JetStreamContext
+    nats_url: str
+    processes: ProcessTracker
+    tenant: str
+    spec: ConsumerSpec
+    record: Path
+
+    def records(self) -> list[tuple[str, int, str]]:
+        return _records(self.record)
+
+    async def start_probe(self, hold_s: float) -> ServiceProcess:
+        env = {
+            "PYTHONPATH": str(HERE),
+            "VOICEMESH_NATS_URL": self.nats_url,
+            "VOICEMESH_TENANT": self.tenant,
+            "VOICEMESH_TENANTS": f"{self.tenant}:salon",
+            "PROBE_RECORD": str(self.record),
+            "PROBE_PURPOSE": self.spec.purpose,
+            "PROBE_HOLD_S": str(hold_s),
+            "PROBE_ACK_WAIT_S": "2",
+        }
+        probe = self.processes.python_module("probe_service", env, name="probe")
+        await probe.wait_healthy()
+        return probe
+
+    async def publish(self, event: CallConnected, timeout: float = 5.0) -> None:
+        await self.js.publish(
+            subjects.call_lifecycle(self.tenant, event.call_id),
+            event.model_dump_json().encode(),
+            headers={"Nats-Msg-Id": event.event_id},
+            timeout=timeout,
+        )
+
+    async def settled(self) -> bool:
+        """Nothing pending and nothing awaiting an ack on the durable."""
+        info = await self.js.consumer_info("CALLS", self.spec.durable(self.tenant))
+        return bool(info.num_ack_pending == 0 and info.num_pending == 0)
 
 
 @pytest.fixture
-async def provisioned(nats: NatsClient) -> NatsClient:
-    await streams.apply(nats.jetstream(), services=set())
-    return nats
-
-
-async def test_sigkill_before_ack_redelivers_exactly_once_more(
-    provisioned: NatsClient,
+async def lane(
+    nats: NatsClient,
     nats_url: str,
     processes: ProcessTracker,
     unique: Callable[[str], str],
     tmp_path: Path,
-) -> None:
-    js = provisioned.jetstream()
-    tenant, purpose = unique("t"), unique("p")
-    spec = ConsumerSpec("probe", purpose, "CALLS", "lifecycle", ack_wait_s=2)
+) -> Lane:
+    await streams.apply(nats.jetstream(), services=set())
+    js = nats.jetstream()
+    tenant = unique("t")
+    spec = ConsumerSpec("probe", unique("p"), "CALLS", "lifecycle", ack_wait_s=2)
     await js.add_consumer("CALLS", spec.config(tenant))
-    record = tmp_path / "record.txt"
+    return Lane(js, nats_url, processes, tenant, spec, tmp_path / "record.txt")
 
-    probe = await _start_probe(processes, nats_url, tenant, purpose, record, hold_s=60)
-    event = CallConnected(tenant=tenant, call_id=unique("c"), source="test")
-    await js.publish(
-        subjects.call_lifecycle(tenant, event.call_id),
-        event.model_dump_json().encode(),
-        headers={"Nats-Msg-Id": event.event_id},
-    )
-    await wait_until(lambda: _records(record), what="first delivery")
-    assert _records(record) == [(event.event_id, 1, "call.connected")]
+
+async def test_sigkill_before_ack_redelivers_exactly_once_more(
+    lane: Lane, unique: Callable[[str], str]
+) -> None:
+    probe = await lane.start_probe(hold_s=60)
+    event = CallConnected(tenant=lane.tenant, call_id=unique("c"), source="test")
+    await lane.publish(event)
+    await wait_until(lane.records, what="first delivery")
+    assert lane.records() == [(event.event_id, 1, "call.connected")]
 
     probe.kill()  # SIGKILL while the handler holds the message unacknowledged
     assert not probe.alive()
 
-    await _start_probe(processes, nats_url, tenant, purpose, record, hold_s=0)
-    await wait_until(lambda: len(_records(record)) >= 2, timeout=20, what="redelivery")
-
-    async def settled() -> bool:
-        info = await js.consumer_info("CALLS", spec.durable(tenant))
-        return bool(info.num_ack_pending == 0 and info.num_pending == 0)
-
-    await wait_until(settled, timeout=10, what="the redelivered event to be acked")
-    assert _records(record) == [
+    await lane.start_probe(hold_s=0)
+    await wait_until(lambda: len(lane.records()) >= 2, timeout=20, what="redelivery")
+    await wait_until(lane.settled, timeout=10, what="the redelivered event to be acked")
+    assert lane.records() == [
         (event.event_id, 1, "call.connected"),
         (event.event_id, 2, "call.connected"),
     ]
 
 
 async def test_malformed_event_is_dead_lettered_and_consumer_goes_on(
-    provisioned: NatsClient,
-    nats_url: str,
-    processes: ProcessTracker,
-    unique: Callable[[str], str],
-    tmp_path: Path,
+    lane: Lane, unique: Callable[[str], str]
 ) -> None:
-    js = provisioned.jetstream()
-    tenant, purpose = unique("t"), unique("p")
-    spec = ConsumerSpec("probe", purpose, "CALLS", "lifecycle", ack_wait_s=2)
-    await js.add_consumer("CALLS", spec.config(tenant))
-    record = tmp_path / "record.txt"
+    js, tenant = lane.js, lane.tenant
     dead = await js.subscribe(subjects.dead_letter(tenant), stream="DLQ")
-    probe = await _start_probe(processes, nats_url, tenant, purpose, record, hold_s=0)
+    probe = await lane.start_probe(hold_s=0)
 
     bad_call = unique("c")
     bad_subject = subjects.call_lifecycle(tenant, bad_call)
@@ -134,11 +137,7 @@ async def test_malformed_event_is_dead_lettered_and_consumer_goes_on(
     await js.publish(bad_subject, other_tenant.model_dump_json().encode(),
                      headers={"Nats-Msg-Id": "bad-3"})  # fmt: skip
     good = CallConnected(tenant=tenant, call_id=unique("c"), source="test")
-    await js.publish(
-        subjects.call_lifecycle(tenant, good.call_id),
-        good.model_dump_json().encode(),
-        headers={"Nats-Msg-Id": good.event_id},
-    )
+    await lane.publish(good)
 
     entries = []
     for _ in range(3):
@@ -152,51 +151,31 @@ async def test_malformed_event_is_dead_lettered_and_consumer_goes_on(
     assert any("tenant mismatch" in e.reason for e in entries)
 
     await wait_until(
-        lambda: any(r[0] == good.event_id for r in _records(record)),
+        lambda: any(r[0] == good.event_id for r in lane.records()),
         what="the good event after the bad ones",
     )
-    assert [r[0] for r in _records(record)] == [good.event_id]
+    assert [r[0] for r in lane.records()] == [good.event_id]
     assert probe.alive()
-
-    async def settled() -> bool:
-        info = await js.consumer_info("CALLS", spec.durable(tenant))
-        return bool(info.num_ack_pending == 0 and info.num_pending == 0)
-
-    await wait_until(settled, what="bad messages acked, not redelivered")
+    await wait_until(lane.settled, what="bad messages acked, not redelivered")
 
 
 async def test_nats_restart_is_survived(
-    provisioned: NatsClient,
-    nats_server: EmbeddedServer,
-    nats_url: str,
-    processes: ProcessTracker,
-    unique: Callable[[str], str],
-    tmp_path: Path,
+    lane: Lane, nats_server: EmbeddedServer, unique: Callable[[str], str]
 ) -> None:
-    js = provisioned.jetstream()
-    tenant, purpose = unique("t"), unique("p")
-    spec = ConsumerSpec("probe", purpose, "CALLS", "lifecycle", ack_wait_s=2)
-    await js.add_consumer("CALLS", spec.config(tenant))
-    record = tmp_path / "record.txt"
-    probe = await _start_probe(processes, nats_url, tenant, purpose, record, hold_s=0)
+    probe = await lane.start_probe(hold_s=0)
 
     nats_server.restart()
     await probe.wait_healthy(timeout=20)
-    event = CallConnected(tenant=tenant, call_id=unique("c"), source="test")
+    event = CallConnected(tenant=lane.tenant, call_id=unique("c"), source="test")
 
     async def published() -> bool:
         try:
-            await js.publish(
-                subjects.call_lifecycle(tenant, event.call_id),
-                event.model_dump_json().encode(),
-                headers={"Nats-Msg-Id": event.event_id},
-                timeout=1,
-            )
+            await lane.publish(event, timeout=1)
         except Exception:
             return False
         return True
 
     await wait_until(published, timeout=15, what="JetStream back after the restart")
-    await wait_until(lambda: _records(record), timeout=20, what="delivery after NATS restart")
-    assert _records(record)[0][0] == event.event_id
+    await wait_until(lane.records, timeout=20, what="delivery after NATS restart")
+    assert lane.records()[0][0] == event.event_id
     await asyncio.sleep(0)

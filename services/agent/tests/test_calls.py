@@ -21,7 +21,7 @@ from voicemesh.agent import AgentService, AgentSettings, create_app
 from voicemesh.agent.profiles import ProfileLibrary
 from voicemesh.common.contracts import streams, subjects
 from voicemesh.common.contracts.events import CallConnected, CallEnded, EndReason, HandoffReason
-from voicemesh.testkit.agent import SimulatedCaller, cough, decode_agent_audio
+from voicemesh.testkit.agent import SimulatedCaller, cough, decode_agent_audio, follow_script
 from voicemesh.testkit.fakes import standard_desk
 from voicemesh.testkit.fixtures import wait_until
 
@@ -55,32 +55,13 @@ async def _connect(nats: NatsClient, tenant: str, call_id: str, vertical: str) -
 
 
 async def _scripted_call(nats: NatsClient, profile: str) -> dict[str, Any]:
-    """A caller who answers what the agent asks, from the profile's demo script.
-
-    The recogniser sometimes mishears eSpeak; the agent then asks again, and the caller
-    answers the question actually asked, as a person would.
-    """
+    """A caller who answers what the agent asks, from the profile's demo script."""
     tenant = f"demo-{profile.replace('_', '-')}"
-    script = LIBRARY.get(profile).demo_script
-    cues = [LIBRARY.get(profile).greeting.lower()] + [s.expect.lower() for s in script]
     desk = standard_desk(nats, tenant)
     await desk.start()
     caller = await _connect(nats, tenant, f"call-{profile}", profile)
     try:
-        greeting = await caller.wait_for_agent_line(1, timeout=45)
-        line, heard, last = greeting, 1, 0
-        for _ in range(len(script) + 4):
-            if cues[-1] in line.lower() or any(
-                c.command.value == "hangup" for c in caller.controls
-            ):
-                break
-            matches = [i for i, cue in enumerate(cues[:-1]) if cue in line.lower()]
-            step = matches[-1] if matches else last
-            last = step
-            await caller.say(script[step].say)
-            heard += 1
-            line = await caller.wait_for_agent_line(heard, timeout=45)
-        await wait_until(lambda: any(c.command.value == "hangup" for c in caller.controls), 30)
+        greeting = await follow_script(caller, LIBRARY.get(profile), timeout=45)
         return {"greeting": greeting, "caller": caller, "desk": desk}
     finally:
         await caller.stop()
@@ -128,7 +109,7 @@ async def test_barge_in_stops_agent_audio_within_300_ms_and_a_cough_does_not(
         await wait_until(lambda: len(caller.audio) > 25, 10)  # the greeting is playing
         await caller.play(cough())
         await asyncio.sleep(0.5)
-        assert not any(c.command.value == "interrupt" for c in caller.controls)
+        assert not caller.interrupted()
         assert agent.runtime.sessions["call-barge"].interrupts == 0
         # Now the caller really speaks over the agent.
         from voicemesh.agent.speech import speak
@@ -136,7 +117,7 @@ async def test_barge_in_stops_agent_audio_within_300_ms_and_a_cough_does_not(
         speech = speak("i would like to book a consultation for a divorce")
         started = time.monotonic()
         send = asyncio.create_task(caller.play(speech))
-        await wait_until(lambda: any(c.command.value == "interrupt" for c in caller.controls), 5)
+        await wait_until(caller.interrupted, 5)
         await asyncio.sleep(0.3)
         during = [a.received_at for a in caller.audio if a.received_at > started]
         last_greeting_frame = max((t for t in during if t < started + 1.0), default=started)
@@ -198,7 +179,7 @@ async def test_silence_prompts_then_hangs_up(
     await service.start()
     caller = await _connect(nats, "demo-salon", "call-quiet", "salon")
     try:
-        await wait_until(lambda: any(c.command.value == "hangup" for c in caller.controls), 25)
+        await wait_until(caller.hung_up, 25)
         lines = caller.agent_lines()
         assert lines[1] == "Are you still there?"
         assert "got disconnected" in lines[2]
@@ -225,7 +206,7 @@ async def test_failing_tools_give_an_apology_and_a_handoff(
         # The hand-off is a lifecycle event of the call, with its reason.
         await wait_until(lambda: caller.handoffs, 5)
         assert caller.handoffs[0].reason is HandoffReason.PROVIDER_FAILURE
-        await wait_until(lambda: any(c.command.value == "hangup" for c in caller.controls), 30)
+        await wait_until(caller.hung_up, 30)
     finally:
         await caller.stop()
 

@@ -239,7 +239,7 @@ async def test_a_dropped_provider_gives_an_apology_and_a_handoff(
         assert caller.handoffs[0].reason is HandoffReason.PROVIDER_FAILURE
         # Spoken in the offline voice (16 kHz), not silence; then the agent hangs up.
         assert any(a.received_at > spoke_at and a.sample_rate == 16000 for a in caller.audio)
-        await wait_until(lambda: any(c.command.value == "hangup" for c in caller.controls), 10)
+        await wait_until(caller.hung_up, 10)
         await wait_until(lambda: not agent.runtime.sessions, 5)
     finally:
         await caller.stop()
@@ -254,7 +254,7 @@ async def test_speaking_over_the_agent_leaves_only_what_was_heard_in_the_history
     try:
         await wait_until(lambda: len(caller.audio) > 50, 15, what="a second of the greeting")
         await caller.say(HELLO)  # over the agent's greeting
-        await wait_until(lambda: any(c.command.value == "interrupt" for c in caller.controls), 5)
+        await wait_until(caller.interrupted, 5)
         await caller.wait_for_agent_line(2, timeout=20)
         if provider == "openai":
             # The model's next request: the greeting as far as the caller heard it, marked.
@@ -331,7 +331,7 @@ async def test_speaking_over_a_streaming_reply_stops_it_and_keeps_only_what_was_
         await wait_until(lambda: caller.first_audio_after(spoke_at), 10, what="the reply")
         await asyncio.sleep(1.0)  # a second into "I heard: hello are you there. How can..."
         await caller.say(HELLO)  # over it
-        await wait_until(lambda: any(c.command.value == "interrupt" for c in caller.controls), 5)
+        await wait_until(caller.interrupted, 5)
         await caller.wait_for_agent_line(3, timeout=20)
         stats = await mesh.sim_stats()
         if provider == "openai-realtime":

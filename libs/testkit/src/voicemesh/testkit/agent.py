@@ -22,6 +22,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from voicemesh.agent.io import CallOutput, PacedOutput
+from voicemesh.agent.profiles import Profile
 from voicemesh.common.contracts import subjects
 from voicemesh.common.contracts.audio import AudioFrame, decode_frame, encode_frame, frame_bytes
 from voicemesh.common.contracts.events import (
@@ -32,6 +33,7 @@ from voicemesh.common.contracts.events import (
     decode_event,
 )
 from voicemesh.common.runtime.speech import espeak, resample
+from voicemesh.testkit.fixtures import wait_until
 
 __all__ = [
     "AgentAudio",
@@ -41,6 +43,7 @@ __all__ = [
     "SimulatedCaller",
     "cough",
     "decode_agent_audio",
+    "follow_script",
 ]
 
 RATE = 16000
@@ -302,6 +305,29 @@ class MemoryCallIO(PacedOutput):
 
     async def emit(self, event: CallOutput) -> None:
         self.caller.heard_event(event)
+
+
+async def follow_script(caller: CallerEnd, profile: Profile, *, timeout: float = 30.0) -> str:
+    """Be the caller of ``profile``'s demo script: answer what the agent asks until it says
+    its closing line or hangs up, then wait for the hang-up; returns the greeting.
+
+    The recogniser sometimes mishears eSpeak; the agent then asks again, and the caller
+    answers the question actually asked, as a person would.
+    """
+    script = profile.demo_script
+    cues = [profile.greeting.lower()] + [s.expect.lower() for s in script]
+    greeting = line = await caller.wait_for_agent_line(1, timeout=timeout)
+    heard, step = 1, 0
+    for _ in range(len(script) + 4):
+        if cues[-1] in line.lower() or caller.hung_up():
+            break
+        matches = [i for i, cue in enumerate(cues[:-1]) if cue in line.lower()]
+        step = matches[-1] if matches else step
+        await caller.say(script[step].say)
+        heard += 1
+        line = await caller.wait_for_agent_line(heard, timeout=timeout)
+    await wait_until(caller.hung_up, timeout, what="the agent's hang-up")
+    return greeting
 
 
 def decode_agent_audio(pcm: bytes, candidates: list[str]) -> str:

@@ -16,8 +16,10 @@ from pathlib import Path
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from voicemesh.common.contracts import streams, subjects
+from voicemesh.common.contracts.events import AnyEvent, decode_event
 from voicemesh.common.runtime.connection import RECONNECT_WAIT_S, Callback, connect
 from voicemesh.common.runtime.settings import NatsSettings
 from voicemesh.testkit.embedded import EmbeddedServer, start_nats
@@ -29,6 +31,7 @@ __all__ = [
     "nats_settings",
     "provision",
     "start_secured_nats",
+    "stored_events",
 ]
 
 
@@ -96,6 +99,23 @@ def start_secured_nats(
     (data_dir / "auth.conf").write_text(auth_conf)
     (data_dir / "nats.conf").write_text("include ./auth.conf\n")
     return start_nats(data_dir, config_file=data_dir / "nats.conf", env=passwords)
+
+
+async def stored_events(nc: NatsClient, subject: str) -> list[AnyEvent]:
+    """Every event JetStream holds on ``subject`` (durable, unlike a core subscription)."""
+    sub = await nc.jetstream().pull_subscribe(
+        subject, config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL, ack_policy=AckPolicy.NONE)
+    )
+    found: list[AnyEvent] = []
+    try:
+        while True:
+            try:
+                batch = await sub.fetch(100, timeout=0.5)
+            except TimeoutError:
+                return found
+            found += [decode_event(m.data) for m in batch]
+    finally:
+        await sub.unsubscribe()
 
 
 class EventTypesSeen:

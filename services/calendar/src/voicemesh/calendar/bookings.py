@@ -23,7 +23,6 @@ the gain.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
@@ -38,6 +37,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from voicemesh.calendar.models import Appointment, Reminder
 from voicemesh.common import UnavailableError
 from voicemesh.common.runtime.db import Database
+from voicemesh.common.runtime.tasks import OwnedTask
 
 __all__ = ["BookingWriter"]
 
@@ -75,7 +75,7 @@ class BookingWriter:
         self._lock = lock
         self._max_batch = max_batch
         self._queue: asyncio.Queue[_Booking] = asyncio.Queue()
-        self._task: asyncio.Task[None] | None = None
+        self._task = OwnedTask(self._run, name="calendar-bookings")
         #: The most bookings one transaction has held so far (for tests and curiosity).
         self.largest_batch = 0
         dialect = sqlite if db.is_sqlite else postgresql
@@ -88,16 +88,11 @@ class BookingWriter:
         self._insert_reminders = insert(_table(Reminder))
 
     async def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="calendar-bookings")
+        self._task.start()
 
     async def stop(self) -> None:
         """Stop the writer; bookings still queued fail as unavailable; idempotent."""
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self._task.stop()
         while not self._queue.empty():
             booking = self._queue.get_nowait()
             if not booking.outcome.done():
@@ -105,7 +100,7 @@ class BookingWriter:
 
     async def book(self, appointment: dict[str, Any], reminder: dict[str, Any] | None) -> bool:
         """Insert one booking (and its reminder); False if a unique constraint refused it."""
-        if self._task is None:
+        if not self._task.running:
             raise UnavailableError("the calendar's booking writer is not running")
         booking = _Booking(appointment, reminder)
         self._queue.put_nowait(booking)

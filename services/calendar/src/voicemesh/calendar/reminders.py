@@ -9,7 +9,6 @@ id) makes the sms service send it once.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from zoneinfo import ZoneInfo
 
@@ -18,6 +17,7 @@ from voicemesh.calendar.store import Calendar, from_db
 from voicemesh.common import JetStreamPublisher, SmsJob
 from voicemesh.common.contracts import subjects
 from voicemesh.common.contracts.ids import derived_id
+from voicemesh.common.runtime.tasks import OwnedTask
 
 __all__ = ["ReminderScheduler", "reminder_key"]
 
@@ -35,19 +35,15 @@ class ReminderScheduler:
         self._calendar = calendar
         self._events = events
         self._poll_s = poll_s
-        self._task: asyncio.Task[None] | None = None
+        self._task = OwnedTask(self._run, name="calendar-reminders")
         self.sent = 0
 
     async def start(self) -> None:
-        if self._poll_s > 0 and self._task is None:
-            self._task = asyncio.create_task(self._run(), name="calendar-reminders")
+        if self._poll_s > 0:
+            self._task.start()
 
     async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self._task.stop()
 
     async def _run(self) -> None:
         while True:

@@ -12,20 +12,20 @@ import asyncio
 import functools
 import time as clock
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import func
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from voicemesh.calendar.bookings import BookingWriter
 from voicemesh.calendar.models import Appointment, BusinessHours, Reminder, new_id
 from voicemesh.calendar.settings import WEEKDAYS, CalendarSettings
-from voicemesh.common import NotFound, TenantRegistry, UnavailableError
+from voicemesh.common import NotFound, TenantRegistry
 from voicemesh.common.contracts.events import ToolErrorCode
 from voicemesh.common.contracts.tools import (
     AppointmentInfo,
@@ -180,16 +180,8 @@ class Calendar:
     def bookings(self) -> BookingWriter:
         return self._bookings
 
-    @asynccontextmanager
-    async def _session(self) -> AsyncIterator[AsyncSession]:
-        try:
-            # SQLModel's session (typed ``exec``) on the service's engine.
-            async with AsyncSession(self._db.engine, expire_on_commit=False) as session:
-                yield session
-        except IntegrityError:
-            raise
-        except (OperationalError, DBAPIError, OSError) as exc:
-            raise UnavailableError(f"calendar database unavailable: {type(exc).__name__}") from exc
+    def _session(self) -> AbstractAsyncContextManager[AsyncSession]:
+        return self._db.model_session("calendar")
 
     @asynccontextmanager
     async def _write(self) -> AsyncIterator[AsyncSession]:

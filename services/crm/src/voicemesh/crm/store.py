@@ -9,8 +9,7 @@ contact write of this process invalidates.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
 
 from sqlalchemy import Table, or_
@@ -51,16 +50,9 @@ def name_key(name: str) -> str:
     return " ".join(name.lower().split())
 
 
-@asynccontextmanager
-async def crm_session(db: Database) -> AsyncIterator[AsyncSession]:
+def crm_session(db: Database) -> AbstractAsyncContextManager[AsyncSession]:
     """A SQLModel session on the crm's engine; an unreachable database is ``UnavailableError``."""
-    try:
-        async with AsyncSession(db.engine, expire_on_commit=False) as session:
-            yield session
-    except IntegrityError:
-        raise
-    except (OperationalError, DBAPIError, OSError) as exc:
-        raise UnavailableError(f"crm database unavailable: {type(exc).__name__}") from exc
+    return db.model_session("crm")
 
 
 def contact_info(row: Contact) -> ContactInfo:

@@ -86,7 +86,7 @@ def create_app(settings: PushSettings, *, api_keys: ApiKeys | None = None) -> Me
         publish=parts.publish,
     )
     parts.timeouts = RingTimeouts(parts.ringer)
-    keys = api_keys if api_keys is not None else ApiKeys.from_env()
+    keys = api_keys if api_keys is not None else ApiKeys.from_settings(settings)
     registrations = SlidingWindowLimiter(
         parts.redis,
         "device registration",

@@ -37,6 +37,7 @@ from voicemesh.common.contracts.events import (
 from voicemesh.common.contracts.ids import derived_id
 from voicemesh.common.contracts.tenancy import TenantRegistry
 from voicemesh.common.runtime.publisher import trace_headers
+from voicemesh.common.runtime.tasks import OwnedTask
 from voicemesh.common.runtime.tokens import issue_call_token
 from voicemesh.push.calls import CallStore, RingingCall
 from voicemesh.push.devices import DeviceRecord, DeviceRegistry
@@ -326,18 +327,13 @@ class RingTimeouts:
     def __init__(self, ringer: Ringer, *, interval_s: float = 0.2) -> None:
         self._ringer = ringer
         self._interval = interval_s
-        self._task: asyncio.Task[None] | None = None
+        self._task = OwnedTask(self._run, name="push-ring-timeouts")
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="push-ring-timeouts")
+        self._task.start()
 
     async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self._task.stop()
 
     async def _run(self) -> None:
         while True:

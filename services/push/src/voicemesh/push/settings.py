@@ -7,11 +7,12 @@ from pathlib import Path
 from pydantic import Field, SecretStr
 
 from voicemesh.common import ServiceSettings
+from voicemesh.common.runtime.auth import ApiKeySettings
 
 __all__ = ["PushSettings"]
 
 
-class PushSettings(ServiceSettings):
+class PushSettings(ServiceSettings, ApiKeySettings):
     service_name: str = "push"
     http_port: int = 8081
 

@@ -12,13 +12,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -99,15 +99,8 @@ class SmsSender:
         self._events = events
         self._sender_id = sender_id
 
-    @asynccontextmanager
-    async def session(self) -> AsyncIterator[AsyncSession]:
-        try:
-            async with AsyncSession(self._db.engine, expire_on_commit=False) as session:
-                yield session
-        except IntegrityError:
-            raise
-        except (OperationalError, DBAPIError, OSError) as exc:
-            raise UnavailableError(f"sms database unavailable: {type(exc).__name__}") from exc
+    def session(self) -> AbstractAsyncContextManager[AsyncSession]:
+        return self._db.model_session("sms")
 
     async def handle(self, job: SmsJob, *, heartbeat: Callable[[], Awaitable[None]]) -> str:
         """Deliver ``job`` once; returns the message's final status."""

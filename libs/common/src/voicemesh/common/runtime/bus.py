@@ -91,7 +91,8 @@ def _max_deliver(raw: Any) -> int:
 
 def _check_tenant_fence(msg: StreamMessage[Any]) -> None:
     raw = msg.raw_message
-    check_tenant_fence(raw.subject if isinstance(raw, Msg) else "", bytes(msg.body or b""))
+    if isinstance(raw, Msg):  # a batch (a list of messages) is fenced by its handler
+        check_tenant_fence(raw.subject, bytes(msg.body or b""))
 
 
 class DeadLetterMiddleware(BaseMiddleware):

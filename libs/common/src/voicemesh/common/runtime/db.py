@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from sqlalchemy import event
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 from sqlmodel import SQLModel
+from sqlmodel.ext.asyncio.session import AsyncSession as SQLModelSession
 
 from voicemesh.common.contracts.errors import UnavailableError
 
@@ -62,6 +63,20 @@ class Database:
     async def session(self) -> AsyncIterator[AsyncSession]:
         async with self.sessions() as session:
             yield session
+
+    @asynccontextmanager
+    async def model_session(self, owner: str) -> AsyncIterator[SQLModelSession]:
+        """A SQLModel session (typed ``exec``); an unreachable database is ``UnavailableError``.
+
+        Integrity errors pass through: they are the caller's to translate (a slot taken).
+        """
+        try:
+            async with SQLModelSession(self.engine, expire_on_commit=False) as session:
+                yield session
+        except IntegrityError:
+            raise
+        except (OperationalError, DBAPIError, OSError) as exc:
+            raise UnavailableError(f"{owner} database unavailable: {type(exc).__name__}") from exc
 
     async def close(self) -> None:
         await self.engine.dispose()

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -33,6 +34,7 @@ from voicemesh.common.contracts.errors import (
     describe_validation_error,
 )
 from voicemesh.common.contracts.events import DeadLetter
+from voicemesh.common.contracts.tenancy import TENANT_ID_PATTERN
 from voicemesh.common.runtime.logs import redact_phi
 from voicemesh.common.runtime.publisher import JetStreamPublisher
 
@@ -124,8 +126,8 @@ class Delivery:
         deliveries: int,
     ) -> DeadLetter:
         tenant = subjects.tenant_of(subject) or "unknown"
-        if tenant == "*":
-            tenant = "unknown"
+        if tenant == "*" or not re.fullmatch(TENANT_ID_PATTERN, tenant):
+            tenant = "unknown"  # a subject token no tenant id can have
         text = body[:MAX_DLQ_PAYLOAD].decode("utf-8", errors="replace")
         if self.handles_phi(tenant):
             text = redact_phi(text)
