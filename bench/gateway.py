@@ -72,6 +72,16 @@ CALLS = [1, 4, 8]
 WINDOW_S = 4.0
 
 
+def print_rows(rows: list[dict[str, Any]]) -> None:
+    """``rows`` as a plain-text table, one column per key."""
+    columns = list(rows[0])
+    widths = [max(len(c), *(len(str(r[c])) for r in rows)) for c in columns]
+    print(" | ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)))
+    print("-+-".join("-" * w for w in widths))
+    for row in rows:
+        print(" | ".join(str(row[c]).ljust(w) for c, w in zip(columns, widths, strict=True)))
+
+
 class Running:
     """The servers of one benchmark run; everything is stopped on exit."""
 
@@ -214,12 +224,7 @@ async def bench(calls_list: list[int]) -> None:
                 )
         finally:
             run.stop()
-    columns = list(rows[0])
-    widths = [max(len(c), *(len(str(r[c])) for r in rows)) for c in columns]
-    print(" | ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)))
-    print("-+-".join("-" * w for w in widths))
-    for row in rows:
-        print(" | ".join(str(row[c]).ljust(w) for c, w in zip(columns, widths, strict=True)))
+    print_rows(rows)
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / "gateway.json"
     payload = json.dumps(

@@ -23,6 +23,7 @@ from gateway import (
     Running,
     measure,
     percentile,
+    print_rows,
     start_bare,
     start_gateway,
     wait_http,
@@ -67,12 +68,7 @@ async def main() -> None:
     default_gw = next(r for r in rows if r["receive_prefetch"] == 4 and "gateway" in r["server"])
     for row in rows:
         row["vs_default_gateway_ms"] = round(row["rtt_p50_ms"] - default_gw["rtt_p50_ms"], 1)
-    columns = list(rows[0])
-    widths = [max(len(c), *(len(str(r[c])) for r in rows)) for c in columns]
-    print(" | ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)))
-    print("-+-".join("-" * w for w in widths))
-    for row in rows:
-        print(" | ".join(str(row[c]).ljust(w) for c, w in zip(columns, widths, strict=True)))
+    print_rows(rows)
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / "gateway_latency.json"
     out.write_text(

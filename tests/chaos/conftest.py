@@ -16,6 +16,7 @@ import pytest
 from voicemesh.testkit import results
 from voicemesh.testkit.embedded import free_port
 from voicemesh.testkit.fixtures import ProcessTracker, ServiceProcess
+from voicemesh.testkit.mesh import provision
 
 RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results" / "chaos.json"
 
@@ -36,6 +37,7 @@ async def start_gateway_and_agent(
     api_key: str,
 ) -> tuple[ServiceProcess, ServiceProcess, str]:
     """The gateway and the agent serving ``tenant``, healthy; and the gateway's base URL."""
+    await provision(nats_url, services={"agent"})
     gateway_port = free_port()
     common = {"VOICEMESH_NATS_URL": nats_url, "VOICEMESH_TENANTS": f"{tenant}:{vertical}"}
     gateway = processes.python_module(

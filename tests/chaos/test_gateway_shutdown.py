@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 from nats.aio.client import Client as NatsClient
 
-from voicemesh.common.contracts import streams, subjects
+from voicemesh.common.contracts import subjects
 from voicemesh.common.contracts.events import CallEnded
 from voicemesh.testkit.fixtures import ProcessTracker, wait_until
 from voicemesh.testkit.mesh import stored_events
@@ -66,7 +66,6 @@ async def test_sigterm_ends_every_call_with_server_shutdown(
     processes: ProcessTracker,
     chaos_results: Callable[[dict[str, Any]], None],
 ) -> None:
-    await streams.apply(nats.jetstream(), services={"agent"})
     gateway, agent, base = await start_gateway_and_agent(
         processes,
         nats_url,

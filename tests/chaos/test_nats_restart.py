@@ -23,7 +23,7 @@ import httpx
 from nats.aio.client import Client as NatsClient
 
 from voicemesh.agent.speech import speak
-from voicemesh.common.contracts import streams, subjects
+from voicemesh.common.contracts import subjects
 from voicemesh.common.contracts.events import CallEnded, TranscriptSegment
 from voicemesh.testkit.embedded import EmbeddedServer
 from voicemesh.testkit.fixtures import ProcessTracker, wait_until
@@ -84,7 +84,6 @@ async def test_calls_survive_a_nats_restart(
     processes: ProcessTracker,
     chaos_results: Callable[[dict[str, Any]], None],
 ) -> None:
-    await streams.apply(nats.jetstream(), services={"agent"})
     gateway, agent, base = await start_gateway_and_agent(
         processes,
         nats_server.url,

@@ -1,7 +1,7 @@
 """A call through the mesh on NATS as it is deployed: the shipped ``auth.conf`` loaded.
 
-Every process is who its manifest says it is to NATS: the stream job is ``admin`` (its
-credentials in ``VOICEMESH_NATS_URL``, as in ``streams-job.yaml``), the gateway and push
+Every process is who its manifest says it is to NATS: the stream job is ``admin``
+(``VOICEMESH_NATS_USER``/``PASSWORD``, as in ``streams-job.yaml``), the gateway and push
 are their own users serving every tenant, and the six containers of demo-salon's pod and
 the caller's CLI are the tenant's user, fenced to ``vm.demo-salon.>`` and its own inboxes.
 A process that opened a connection any other way (the agent's media connection once had
@@ -24,7 +24,7 @@ import pytest
 from voicemesh.common.contracts.events import event_types
 from voicemesh.testkit.embedded import free_port
 from voicemesh.testkit.fixtures import LocalDays, ProcessTracker, ServiceProcess
-from voicemesh.testkit.mesh import EventTypesSeen, NatsIdentity, nats_client
+from voicemesh.testkit.mesh import EventTypesSeen, nats_client
 
 from ..conftest import DeployedNats
 
@@ -33,15 +33,11 @@ pytestmark = pytest.mark.slow
 TENANT, VERTICAL = "demo-salon", "salon"  # a vertical overlay's demo tenant: in auth.conf
 
 
-def _job_url(url: str, admin: NatsIdentity) -> str:
-    """``nats://admin:$(NATS_ADMIN_PASSWORD)@nats:4222``, as the stream job's manifest has it."""
-    return url.replace("nats://", f"nats://{admin.user}:{admin.password}@", 1)
-
-
 async def _streams_apply(nats: DeployedNats) -> None:
+    """The stream job as ``streams-job.yaml`` runs it: the admin user from the environment."""
+    env = {**os.environ, "VOICEMESH_NATS_URL": nats.url, **nats.identity("admin").env()}
     job = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "voicemesh.cli", "streams", "apply",
-        env={**os.environ, "VOICEMESH_NATS_URL": _job_url(nats.url, nats.identity("admin"))},
+        sys.executable, "-m", "voicemesh.cli", "streams", "apply", env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
     output, _ = await asyncio.wait_for(job.communicate(), 60)

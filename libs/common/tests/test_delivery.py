@@ -99,7 +99,7 @@ async def test_transient_failure_is_redelivered_and_permanent_one_dead_lettered(
     publisher = JetStreamPublisher(nats)
     delivery = Delivery("test", publisher, handles_phi=lambda tenant: tenant == CLINIC)
     lane = await _lane(js, CLINIC, "lane-clinic")
-    body = _ended(CLINIC).model_dump()
+    body = _ended(CLINIC).model_dump(mode="json")
     body["detail"] = "call me on +1 415 555 0100"  # PHI in a payload that fails validation
     await js.publish(subjects.call_lifecycle(CLINIC, "call-1"), json.dumps(body).encode())
 

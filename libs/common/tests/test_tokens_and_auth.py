@@ -84,10 +84,10 @@ def test_keys_come_from_the_environment_the_keys_file_or_both(
     # A service's settings read the same two variables from the environment.
     monkeypatch.setenv("VOICEMESH_API_KEYS", "")
     monkeypatch.setenv("VOICEMESH_API_KEYS_FILE", str(keys_file))
-    assert ApiKeys.from_env().allows("acme", "file-key-0123456789")
+    assert ApiKeys.from_settings(ApiKeySettings()).allows("acme", "file-key-0123456789")
     keys_file.write_text("acme:short\n")
     with pytest.raises(ValueError, match="shorter"):
-        ApiKeys.from_env()
+        ApiKeys.from_settings(ApiKeySettings())
 
 
 def test_database_urls_get_async_drivers() -> None:

@@ -20,6 +20,7 @@ from sqlmodel import col
 
 from voicemesh.calendar import CalendarSettings, create_app
 from voicemesh.calendar.models import Appointment, Reminder
+from voicemesh.calendar.store import Calendar
 from voicemesh.common import MeshService, SmsJob
 from voicemesh.common.contracts import streams, subjects
 from voicemesh.common.contracts.events import AppointmentChanged, ToolErrorCode
@@ -103,7 +104,7 @@ async def hundred_callers_one_slot(cal: Running) -> None:
     )
     outcome = Counter("ok" if r.ok else (r.error.code.value if r.error else "?") for r in results)
     assert outcome == {"ok": 1, "slot_taken": 99}, outcome
-    calendar = cal.service.http.state.calendar
+    calendar = cal.service.get(Calendar)
     assert await calendar.count_booked(cal.tenant) == 1
 
     # One idempotency key sent twice (and concurrently) makes one appointment.
@@ -368,7 +369,7 @@ async def mixed_batch(cal: Running, database_url: str) -> None:
     retried = [AppointmentResult.model_validate(r.result) for r in results[10:20]]
     assert len({r.appointment.appointment_id for r in retried}) == 1
     assert sum(r.created for r in retried) == 1
-    calendar = cal.service.http.state.calendar
+    calendar = cal.service.get(Calendar)
     assert await calendar.count_booked(cal.tenant) == 1 + 1 + 16
     assert calendar.bookings.largest_batch > 1  # the calls above did share transactions
     # A reminder row exists for each stored appointment and for nothing else.
@@ -411,7 +412,7 @@ async def test_a_stopped_calendar_refuses_bookings_as_unavailable(
     start_calendar: StartCalendar, sqlite_url: str
 ) -> None:
     cal = await start_calendar(sqlite_url)
-    calendar = cal.service.http.state.calendar
+    calendar = cal.service.get(Calendar)
     await calendar.stop()
     await calendar.stop()  # idempotent
     refused = await cal.tools.call(cal.tenant, "calendar", "book", book_args(slot(5), "late"))

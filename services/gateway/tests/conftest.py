@@ -95,7 +95,7 @@ async def start_gateway(
         agent = EchoAgent(nats, TENANT)
         await agent.start()
         stack.push_async_callback(agent.stop)
-        gw: Gateway = service.http.state.gateway
+        gw = service.get(Gateway)
         return GatewayHarness(service, gw, http, nats, lifecycle, agent)
 
     try:

@@ -24,6 +24,7 @@ from voicemesh.common.contracts.ids import derived_id
 from voicemesh.common.runtime.tools import ToolClient
 from voicemesh.sms import SmsSettings, create_app
 from voicemesh.sms.app import twilio_signature
+from voicemesh.sms.sender import SmsSender
 from voicemesh.testkit.fixtures import wait_until
 
 API_KEY = "sms-test-key-0123456789abc"
@@ -188,8 +189,8 @@ async def test_rate_limit_delays_but_never_drops(start_sms: StartSms) -> None:
         await sms.publish(f"r{i}")
     for i in range(4):
         await sms.status_of(f"r{i}", "sent", timeout=20)
-    stored = await sms.service.http.state.sender.messages(sms.tenant, limit=10)
-    sent_at = sorted(r.sent_at for r in stored)
+    stored = await sms.service.get(SmsSender).messages(sms.tenant, limit=10)
+    sent_at = sorted(r.sent_at for r in stored if r.sent_at is not None)
     assert len(sent_at) == 4
     assert (sent_at[2] - sent_at[0]).total_seconds() >= 1.5, sent_at
 

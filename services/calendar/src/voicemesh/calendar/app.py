@@ -135,8 +135,8 @@ def create_app(settings: CalendarSettings) -> MeshService:
 
     _http_routes(service, settings, calendar)
     service.http.add_exception_handler(UnavailableError, _unavailable)
-    service.http.state.calendar = calendar
-    service.http.state.reminders = reminders
+    service.provide(calendar)
+    service.provide(reminders)
     return service
 
 

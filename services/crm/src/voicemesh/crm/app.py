@@ -91,7 +91,7 @@ def create_app(settings: CrmSettings) -> MeshService:
     _http_routes(service, settings, crm, records)
     service.http.add_exception_handler(NotFound, _status(404))
     service.http.add_exception_handler(UnavailableError, _status(503))
-    service.http.state.crm = crm
+    service.provide(crm)
     return service
 
 

@@ -245,8 +245,10 @@ def create_app(settings: GatewaySettings, *, api_keys: ApiKeys | None = None) ->
         settings,
         description="WebRTC gateway: signaling, call audio to and from NATS, the /demo page.",
     )
-    gw = Gateway(service, settings, api_keys if api_keys is not None else ApiKeys.from_env())
-    service.http.state.gateway = gw  # tests and tools reach the live state through it
+    gw = Gateway(
+        service, settings, api_keys if api_keys is not None else ApiKeys.from_settings(settings)
+    )
+    service.provide(gw)
     service.on_startup(gw.open)
     service.faststream.on_shutdown(gw.end_calls)
     service.on_shutdown(gw.close)

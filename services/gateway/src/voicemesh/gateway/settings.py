@@ -8,11 +8,12 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import NoDecode
 
 from voicemesh.common import ServiceSettings
+from voicemesh.common.runtime.auth import ApiKeySettings
 
 __all__ = ["GatewaySettings"]
 
 
-class GatewaySettings(ServiceSettings):
+class GatewaySettings(ServiceSettings, ApiKeySettings):
     service_name: str = "gateway"
     http_port: int = 8080
 

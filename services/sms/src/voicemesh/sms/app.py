@@ -162,7 +162,7 @@ def create_app(settings: SmsSettings) -> MeshService:
 
     _http_routes(service, settings, sender)
     service.http.add_exception_handler(UnavailableError, _unavailable)
-    service.http.state.sender = sender
+    service.provide(sender)
     return service
 
 

@@ -72,15 +72,6 @@ class ApiKeys:
             spec += "," + settings.api_keys_file.read_text()
         return cls.parse(spec)
 
-    @classmethod
-    def from_env(cls) -> ApiKeys:
-        """``from_settings`` on the ``VOICEMESH_API_KEYS*`` environment variables alone.
-
-        For entry points without ``ApiKeySettings`` in their settings yet; prefer
-        ``from_settings(settings)``, which reads the settings the entry point loaded.
-        """
-        return cls.from_settings(ApiKeySettings())
-
     def allows(self, tenant: str, key: str) -> bool:
         digest = hashlib.sha256(key.encode()).digest()
         return any(hmac.compare_digest(digest, d) for d in self._digests.get(tenant, []))
