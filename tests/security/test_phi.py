@@ -26,7 +26,7 @@ from nats.aio.client import Client as NatsClient
 from voicemesh.agent.profiles import ProfileLibrary
 from voicemesh.common.contracts import subjects
 from voicemesh.common.contracts.events import CallConnected, ToolRequest, ToolResult
-from voicemesh.testkit.agent import SimulatedCaller
+from voicemesh.testkit.agent import SimulatedCaller, follow_script
 from voicemesh.testkit.fixtures import CollectedSpan, OtlpReceiver, wait_until
 
 from .conftest import TENANTS, SecureMesh, record_security
@@ -123,7 +123,6 @@ async def test_a_healthcare_call_leaves_no_phi_in_logs_or_spans(
 
     # -- the call: the healthcare demo script, spoken --------------------------------------
     profile = ProfileLibrary().get("healthcare")
-    script = profile.demo_script
     call_id = uuid.uuid4().hex
     caller = SimulatedCaller(mesh_nats, tenant, call_id)
     await caller.start()
@@ -136,23 +135,7 @@ async def test_a_healthcare_call_leaves_no_phi_in_logs_or_spans(
             event.model_dump_json().encode(),
             headers={"Nats-Msg-Id": event.event_id},
         )
-        cues = [profile.greeting.lower()] + [s.expect.lower() for s in script]
-        line = await caller.wait_for_agent_line(1, timeout=30)
-        heard, last = 1, 0
-        for _ in range(len(script) + 4):
-            if cues[-1] in line.lower() or any(
-                c.command.value == "hangup" for c in caller.controls
-            ):
-                break
-            # Answer what the agent actually asked (the recogniser sometimes mishears).
-            matches = [i for i, cue in enumerate(cues[:-1]) if cue in line.lower()]
-            step = matches[-1] if matches else last
-            last = step
-            await caller.say(script[step].say)
-            heard += 1
-            line = await caller.wait_for_agent_line(heard, timeout=30)
-        await wait_until(lambda: any(c.command.value == "hangup" for c in caller.controls), 15,
-                         what="the agent's hangup")  # fmt: skip
+        await follow_script(caller, profile, timeout=30)
     finally:
         await caller.stop()
     assert "booked" in " ".join(caller.agent_lines()).lower(), caller.agent_lines()

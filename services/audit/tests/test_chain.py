@@ -21,12 +21,8 @@ from voicemesh.common.runtime.db import Database
 
 @pytest.fixture
 async def store(database_url: str) -> AsyncIterator[AuditStore]:
-    db = Database(database_url)
-    await db.create_all()
-    try:
+    async with Database(database_url) as db:
         yield AuditStore(db)
-    finally:
-        await db.close()
 
 
 async def _rows(store: AuditStore, tenant: str) -> list[AuditRecord]:

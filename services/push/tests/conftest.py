@@ -13,7 +13,7 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
 from voicemesh.apnssim.behaviours import Behaviour, token_for
-from voicemesh.apnssim.certs import ProviderKeyPair, make_provider_key, make_tls_material
+from voicemesh.apnssim.certs import ProviderKeyPair, make_provider_key
 from voicemesh.apnssim.server import ApnsSimulator, ProviderKey
 from voicemesh.common import MeshService, decode_event
 from voicemesh.common.contracts import streams, subjects
@@ -63,14 +63,8 @@ class PushHarness:
 
 @pytest.fixture
 async def sim(tmp_path: Path) -> AsyncIterator[ApnsSimulator]:
-    tls = make_tls_material(tmp_path / "tls")
-    simulator = ApnsSimulator(tls.cert_path, tls.key_path, slow_s=0.5)
-    simulator.ca_path = tls.ca_path  # type: ignore[attr-defined]
-    await simulator.start()
-    try:
+    async with ApnsSimulator.with_own_tls(tmp_path / "tls", slow_s=0.5) as simulator:
         yield simulator
-    finally:
-        await simulator.stop()
 
 
 @pytest.fixture
@@ -114,7 +108,7 @@ async def make_push(
                 "tenants": ",".join(f"{t}:salon" for t in names),
                 "apns_host": "localhost",
                 "apns_port": sim.port,
-                "apns_ca_file": str(sim.ca_path),  # type: ignore[attr-defined]
+                "apns_ca_file": str(sim.ca_path),
                 "apns_credentials_dir": creds_dir,
                 "call_token_secret": SECRET,
                 "gateway_public_url": "https://gw.example.test",

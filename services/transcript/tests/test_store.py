@@ -13,12 +13,8 @@ from voicemesh.transcript.store import SearchQuery, TranscriptStore
 
 @pytest.fixture
 async def store(database_url: str) -> AsyncIterator[TranscriptStore]:
-    db = Database(database_url)
-    await db.create_all()
-    try:
+    async with Database(database_url) as db:
         yield TranscriptStore(db)
-    finally:
-        await db.close()
 
 
 def seg(

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import io
 import json
 import sys
-import wave
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -21,6 +19,7 @@ import pytest
 from openai import AsyncOpenAI
 
 from voicemesh.openaisim.script import Message, Text, ToolCall, answer
+from voicemesh.openaisim.voice import wav_from_pcm
 from voicemesh.testkit.embedded import free_port
 from voicemesh.testkit.fixtures import ProcessTracker, ServiceProcess
 
@@ -64,16 +63,6 @@ async def client(sim: ServiceProcess) -> AsyncIterator[AsyncOpenAI]:
         api_key=KEY, base_url=f"http://127.0.0.1:{sim.http_port}/v1", max_retries=0
     ) as client:
         yield client
-
-
-def _wav(pcm: bytes, rate: int) -> bytes:
-    buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(rate)
-        out.writeframes(pcm)
-    return buffer.getvalue()
 
 
 def test_the_script_books_with_the_offset_of_the_named_zone() -> None:
@@ -147,7 +136,7 @@ async def test_speech_then_transcription_round_trip(client: AsyncOpenAI) -> None
     pcm = speech.content
     assert len(pcm) > 24000 * 2  # more than a second of 24 kHz speech
     transcript = await client.audio.transcriptions.create(
-        model="stt", file=("turn.wav", _wav(pcm, 24000), "audio/wav")
+        model="stt", file=("turn.wav", wav_from_pcm(pcm, 24000), "audio/wav")
     )
     assert transcript.text == BOOKING
 

@@ -16,23 +16,18 @@ from voicemesh.audit.store import AuditStore, ChainWriter
 from voicemesh.common import MeshService
 from voicemesh.common.contracts.streams import consumer
 from voicemesh.common.runtime.auth import ApiKeys
-from voicemesh.common.runtime.db import Database
 
 __all__ = ["CONSUMER_PURPOSES", "create_app"]
 
 log = logging.getLogger(__name__)
 
 CONSUMER_PURPOSES = ("calls", "events", "sms")
+DESCRIPTION = "Audit service: an append-only, hash-chained record of every event."
 
 
 def create_app(settings: AuditSettings) -> MeshService:
-    service = MeshService(
-        "audit",
-        settings,
-        description="Audit service: an append-only, hash-chained record of every event.",
-    )
-    db = Database(settings.database_url.get_secret_value())
-    store = AuditStore(db)
+    service = MeshService("audit", settings, description=DESCRIPTION)
+    store = AuditStore(service.database())
     writer = ChainWriter(store)
     ingest = AuditIngest(
         service.broker,
@@ -46,14 +41,10 @@ def create_app(settings: AuditSettings) -> MeshService:
         ingest.subscribe(consumer("audit", purpose), settings.tenant)
 
     @service.on_startup
-    async def open_database() -> None:
-        await db.create_all()
+    async def start_writer() -> None:
         writer.start()
 
-    @service.on_shutdown
-    async def close_database() -> None:
-        await writer.stop()
-        await db.close()
+    service.on_shutdown(writer.stop)
 
     service.http.include_router(
         audit_router(store, ApiKeys.from_settings(settings), service.tenants)

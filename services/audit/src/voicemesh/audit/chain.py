@@ -1,4 +1,5 @@
-"""The audit hash chain: canonical JSON, row hashes and the fixed timestamp format.
+"""The audit hash chain: canonical JSON, row hashes and the fixed timestamp format (the
+runtime's ``iso_timestamp``, re-exported here because the hashes depend on it).
 
 Each row's hash is SHA-256 over the canonical JSON of its content plus the previous row's
 hash, so changing, removing or reordering a row breaks the chain from that row on. The
@@ -11,8 +12,9 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
+
+from voicemesh.common.runtime.db import iso_timestamp
 
 __all__ = [
     "GENESIS",
@@ -32,17 +34,6 @@ HASH_VERSION = 1
 def canonical_json(value: Any) -> str:
     """One spelling per value: sorted keys, no spaces, UTF-8 kept as is."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
-def iso_timestamp(moment: datetime) -> str:
-    """Fixed-width UTC ISO 8601 with microseconds: sorts as text in time order.
-
-    Stored as text (not a DB datetime) so the hashed value is byte-identical on SQLite and
-    PostgreSQL, and time-range queries still work with plain string comparison.
-    """
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 @dataclass(frozen=True)

@@ -148,6 +148,8 @@ class AuditIngest:
             ack_policy=HandlerAckPolicy.MANUAL,
             decoder=_raw_bodies,
             title=f"audit:{spec.purpose}",
+            # Pull fetches reply to this inbox; a tenant's NATS user may read only its own.
+            inbox_prefix=f"{subjects.inbox_prefix(tenant)}.".encode(),
         )
 
         async def on_batch(

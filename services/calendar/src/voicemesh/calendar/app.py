@@ -11,14 +11,13 @@ import logging
 from datetime import date, time
 from typing import Annotated, Literal
 
-from fastapi import Depends, HTTPException, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi import Depends, HTTPException, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from voicemesh.calendar.reminders import ReminderScheduler
 from voicemesh.calendar.settings import CalendarSettings
 from voicemesh.calendar.store import Calendar, Hours
-from voicemesh.common import MeshService, UnavailableError
+from voicemesh.common import MeshService
 from voicemesh.common.contracts import subjects
 from voicemesh.common.contracts.events import AppointmentChanged, new_event_id
 from voicemesh.common.contracts.ids import derived_id
@@ -34,7 +33,6 @@ from voicemesh.common.contracts.tools import (
     RescheduleArgs,
 )
 from voicemesh.common.runtime.auth import ApiKeys, tenant_guard
-from voicemesh.common.runtime.db import Database
 from voicemesh.common.runtime.tools import ToolCall, ToolServer
 
 __all__ = ["HoursIn", "create_app"]
@@ -58,23 +56,12 @@ def create_app(settings: CalendarSettings) -> MeshService:
     service = MeshService(
         "calendar", settings, description="Calendar tools: availability, bookings and reminders."
     )
-    # The engine connects lazily: nothing is opened before the startup hook runs.
-    db = Database(settings.database_url.get_secret_value())
-    calendar = Calendar(db, settings, service.tenants)
+    calendar = Calendar(service.database(), settings, service.tenants)
     reminders = ReminderScheduler(calendar, service.events, poll_s=settings.reminder_poll_s)
     tools = ToolServer(service, max_workers=settings.tool_workers)
 
-    @service.on_startup
-    async def open_database() -> None:
-        await db.create_all()
-        await calendar.start()
-        await reminders.start()
-
-    @service.on_shutdown
-    async def close_database() -> None:
-        await reminders.stop()
-        await calendar.stop()
-        await db.close()
+    service.own(calendar)
+    service.own(reminders)
 
     async def announce(
         call: ToolCall,
@@ -134,7 +121,6 @@ def create_app(settings: CalendarSettings) -> MeshService:
         return await calendar.list_appointments(call.tenant.id, args)
 
     _http_routes(service, settings, calendar)
-    service.http.add_exception_handler(UnavailableError, _unavailable)
     service.provide(calendar)
     service.provide(reminders)
     return service
@@ -178,7 +164,3 @@ def _http_routes(service: MeshService, settings: CalendarSettings, calendar: Cal
         except ValueError as exc:
             raise HTTPException(422, str(exc)) from exc
         return (await calendar.set_hours(tenant, hours)).describe()
-
-
-async def _unavailable(_request: Request, exc: Exception) -> JSONResponse:
-    return JSONResponse({"detail": str(exc)}, status_code=503)

@@ -8,7 +8,6 @@ id) makes the sms service send it once.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from zoneinfo import ZoneInfo
 
@@ -17,7 +16,7 @@ from voicemesh.calendar.store import Calendar, from_db
 from voicemesh.common import JetStreamPublisher, SmsJob
 from voicemesh.common.contracts import subjects
 from voicemesh.common.contracts.ids import derived_id
-from voicemesh.common.runtime.tasks import OwnedTask
+from voicemesh.common.runtime.tasks import PeriodicTask
 
 __all__ = ["ReminderScheduler", "reminder_key"]
 
@@ -35,7 +34,8 @@ class ReminderScheduler:
         self._calendar = calendar
         self._events = events
         self._poll_s = poll_s
-        self._task = OwnedTask(self._run, name="calendar-reminders")
+        # A round that fails (database or NATS outage) keeps its rows for the next one.
+        self._task = PeriodicTask(self.send_due, interval_s=poll_s, name="calendar-reminders")
         self.sent = 0
 
     async def start(self) -> None:
@@ -44,15 +44,6 @@ class ReminderScheduler:
 
     async def stop(self) -> None:
         await self._task.stop()
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                await self.send_due()
-            except Exception as exc:
-                # A database or NATS outage: keep the rows and try again next round.
-                log.warning("reminder round failed: %s", type(exc).__name__)
-            await asyncio.sleep(self._poll_s)
 
     async def send_due(self) -> int:
         """Publish every due reminder; returns how many were sent."""

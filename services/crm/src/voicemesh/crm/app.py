@@ -7,10 +7,9 @@ only after its row is committed; an authenticated read API under ``/v1/{tenant}/
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
-from fastapi import Depends, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi import Depends, Query
 from faststream import Context
 from faststream.nats.message import NatsMessage
 from pydantic import BaseModel, ValidationError
@@ -26,8 +25,6 @@ from voicemesh.common import (
     MeshService,
     NotFound,
     SmsStatus,
-    UnavailableError,
-    UnknownTenant,
     decode_event,
     subscribe_durable,
 )
@@ -53,7 +50,6 @@ from voicemesh.common.contracts.tools import (
     UpsertContactArgs,
 )
 from voicemesh.common.runtime.auth import ApiKeys, tenant_guard
-from voicemesh.common.runtime.db import Database
 from voicemesh.common.runtime.tools import ToolCall, ToolServer
 from voicemesh.crm.records import VerticalRecords
 from voicemesh.crm.settings import CrmSettings
@@ -70,27 +66,19 @@ def create_app(settings: CrmSettings) -> MeshService:
     service = MeshService(
         "crm", settings, description="CRM tools: contacts, notes, interactions and listings."
     )
-    # The engine connects lazily: nothing is opened before the startup hook runs.
-    db = Database(settings.database_url.get_secret_value())
+    db = service.database()
     crm = Crm(db, lookup_cache_ttl_s=settings.lookup_cache_ttl_s)
     records = VerticalRecords(db)
 
     @service.on_startup
-    async def open_database() -> None:
-        await db.create_all()
+    async def seed_demo_data() -> None:
         if settings.seed_demo_data:
             for tenant in service.tenants:
                 await records.seed(tenant.id, tenant.vertical.value)
 
-    @service.on_shutdown
-    async def close_database() -> None:
-        await db.close()
-
     _tools(service, settings, crm, records)
     _consumers(service, settings, crm)
     _http_routes(service, settings, crm, records)
-    service.http.add_exception_handler(NotFound, _status(404))
-    service.http.add_exception_handler(UnavailableError, _status(503))
     service.provide(crm)
     return service
 
@@ -135,16 +123,10 @@ def _tools(service: MeshService, settings: CrmSettings, crm: Crm, records: Verti
         return await records.file_claim(call.tenant.id, args)
 
 
-def _check_served(service: MeshService, tenant: str) -> None:
-    # The subject's tenant is the event's: the delivery policy's tenant fence checked it.
-    if tenant not in service.tenants:
-        raise UnknownTenant(f"tenant {tenant!r} is not served here")
-
-
 def _consumers(service: MeshService, settings: CrmSettings, crm: Crm) -> None:
     @subscribe_durable(service.broker, streams.consumer("crm", "calls"), settings.tenant)
     async def on_call(event: LifecycleEvent) -> None:
-        _check_served(service, event.tenant)
+        service.tenants.served(event.tenant)
         if isinstance(event, CallRequested):
             if event.phone:
                 caller = await crm.contact_id_for_phone(event.tenant, event.phone)
@@ -174,10 +156,10 @@ def _consumers(service: MeshService, settings: CrmSettings, crm: Crm) -> None:
     async def on_event(msg: Annotated[NatsMessage, Context("message")]) -> None:
         event = _history_event(msg.raw_message.data)
         if isinstance(event, AppointmentChanged):
-            _check_served(service, event.tenant)
+            service.tenants.served(event.tenant)
             await _record_appointment(crm, event)
         elif isinstance(event, SmsStatus):
-            _check_served(service, event.tenant)
+            service.tenants.served(event.tenant)
             await _record_sms(crm, event)
         # Tool, push, hand-off and other events are not part of a contact's history.
 
@@ -277,10 +259,3 @@ def _http_routes(
             city=city, max_price=max_price, min_beds=min_beds, status="any", limit=limit
         )
         return await records.search_listings(tenant, args)
-
-
-def _status(code: int) -> Any:
-    async def handler(_request: Request, exc: Exception) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=code)
-
-    return handler

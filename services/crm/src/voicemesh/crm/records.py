@@ -109,13 +109,7 @@ class VerticalRecords:
                 ).first()
         if row is None:
             raise NotFound("no policy matches")
-        return PolicyOut(
-            policy_number=row.policy_number,
-            holder_name=row.holder_name,
-            kind=row.kind,
-            status=row.status,
-            deductible=row.deductible,
-        )
+        return PolicyOut.model_validate(row, from_attributes=True)
 
     async def file_claim(self, tenant: str, args: FileClaimArgs) -> ClaimOut:
         policy = await self.lookup_policy(

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from voicemesh.common import run, setup_process
+from voicemesh.common import serve
 from voicemesh.gateway.app import create_app
 from voicemesh.gateway.settings import GatewaySettings
 
 
 def main() -> None:
-    settings = GatewaySettings()
-    setup_process("gateway", settings)
-    run(create_app(settings))
+    serve("gateway", GatewaySettings, create_app)
 
 
 if __name__ == "__main__":

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from voicemesh.common import run, setup_process
+from voicemesh.common import serve
 from voicemesh.push.app import create_app
 from voicemesh.push.settings import PushSettings
 
 
 def main() -> None:
-    settings = PushSettings()
-    setup_process("push", settings)
-    run(create_app(settings))
+    serve("push", PushSettings, create_app)
 
 
 if __name__ == "__main__":

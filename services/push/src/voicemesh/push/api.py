@@ -1,5 +1,7 @@
 """The device API: ``/v1/{tenant}/devices``, guarded by the tenant's API key.
 
+An unreachable database answers 503: the service skeleton maps ``UnavailableError``.
+
 (No ``from __future__ import annotations``: FastAPI resolves the local ``Tenant``
 dependency alias at runtime.)
 """
@@ -10,7 +12,6 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Response, status
 from fastapi import Path as PathParam
 from pydantic import BaseModel, ConfigDict, Field
 
-from voicemesh.common.contracts.errors import UnavailableError
 from voicemesh.common.contracts.tenancy import TenantRegistry
 from voicemesh.common.runtime.auth import ApiKeys, tenant_guard
 from voicemesh.common.runtime.ratelimit import SlidingWindowLimiter, too_many_requests
@@ -64,27 +65,21 @@ def device_router(
     async def register(tenant: Tenant, body: DeviceIn) -> DeviceOut:
         if limiter is not None and not (decision := await limiter.hit(tenant)).allowed:
             raise too_many_requests(limiter, decision)
-        try:
-            record = await registry.register(
-                tenant,
-                body.user_id,
-                body.token,
-                bundle_id=body.bundle_id,
-                environment=body.environment,
-                platform=body.platform,
-            )
-        except UnavailableError as exc:
-            raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from exc
+        record = await registry.register(
+            tenant,
+            body.user_id,
+            body.token,
+            bundle_id=body.bundle_id,
+            environment=body.environment,
+            platform=body.platform,
+        )
         return DeviceOut.of(record)
 
     @router.get("", summary="List a tenant's devices, or one user's")
     async def list_devices(
         tenant: Tenant, user_id: Annotated[str | None, Query(max_length=128)] = None
     ) -> list[DeviceOut]:
-        try:
-            return [DeviceOut.of(d) for d in await registry.list_devices(tenant, user_id)]
-        except UnavailableError as exc:
-            raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from exc
+        return [DeviceOut.of(d) for d in await registry.list_devices(tenant, user_id)]
 
     @router.delete(
         "/{token}", status_code=status.HTTP_204_NO_CONTENT, summary="Unregister a VoIP token"
@@ -92,11 +87,7 @@ def device_router(
     async def unregister(
         tenant: Tenant, token: Annotated[str, PathParam(pattern=TOKEN_PATTERN)]
     ) -> Response:
-        try:
-            removed = await registry.unregister(tenant, token)
-        except UnavailableError as exc:
-            raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from exc
-        if not removed:
+        if not await registry.unregister(tenant, token):
             raise HTTPException(status.HTTP_404_NOT_FOUND, "no such device")
         return Response(status_code=status.HTTP_204_NO_CONTENT)
 

@@ -16,7 +16,6 @@ from redis.asyncio import Redis
 
 from voicemesh.common import MeshService, subscribe_durable
 from voicemesh.common.contracts import streams
-from voicemesh.common.contracts.errors import UnknownTenant
 from voicemesh.common.contracts.events import Envelope, PushJob
 from voicemesh.common.runtime.auth import ApiKeys
 from voicemesh.common.runtime.connection import connect
@@ -66,7 +65,7 @@ def create_app(settings: PushSettings, *, api_keys: ApiKeys | None = None) -> Me
     )
     parts = PushComponents()
     service.provide(parts)
-    parts.db = Database(settings.database_url.get_secret_value())
+    parts.db = service.database()
     parts.redis = Redis.from_url(settings.redis_url)
     parts.devices = DeviceRegistry(parts.db, parts.redis, cache_ttl_s=settings.device_cache_ttl_s)
     parts.apns = ApnsPool(
@@ -100,13 +99,11 @@ def create_app(settings: PushSettings, *, api_keys: ApiKeys | None = None) -> Me
     async def on_job(job: PushJob) -> None:
         """The PUSH work queue (``vm.<t>.push.voip``): ring or cancel one call's pushes.
         (The broker's middleware has already refused a job naming another tenant.)"""
-        if job.tenant not in service.tenants:
-            raise UnknownTenant(f"tenant {job.tenant!r} is not served here")
+        service.tenants.served(job.tenant)
         await parts.ringer.job(job)
 
     @service.on_startup
     async def open_resources() -> None:
-        await parts.db.create_all()
         await parts.calls.load_scripts()
         parts.nats = await connect(settings, name="voicemesh-push-lanes")
         js = parts.nats.jetstream()
@@ -146,6 +143,5 @@ def create_app(settings: PushSettings, *, api_keys: ApiKeys | None = None) -> Me
             await parts.nats.close()
         parts.apns.close()
         await parts.redis.aclose()
-        await parts.db.close()
 
     return service

@@ -37,7 +37,7 @@ from voicemesh.common.contracts.events import (
 from voicemesh.common.contracts.ids import derived_id
 from voicemesh.common.contracts.tenancy import TenantRegistry
 from voicemesh.common.runtime.publisher import trace_headers
-from voicemesh.common.runtime.tasks import OwnedTask
+from voicemesh.common.runtime.tasks import PeriodicTask
 from voicemesh.common.runtime.tokens import issue_call_token
 from voicemesh.push.calls import CallStore, RingingCall
 from voicemesh.push.devices import DeviceRecord, DeviceRegistry
@@ -326,8 +326,7 @@ class RingTimeouts:
 
     def __init__(self, ringer: Ringer, *, interval_s: float = 0.2) -> None:
         self._ringer = ringer
-        self._interval = interval_s
-        self._task = OwnedTask(self._run, name="push-ring-timeouts")
+        self._task = PeriodicTask(self.check, interval_s=interval_s, name="push-ring-timeouts")
 
     def start(self) -> None:
         self._task.start()
@@ -335,16 +334,12 @@ class RingTimeouts:
     async def stop(self) -> None:
         await self._task.stop()
 
-    async def _run(self) -> None:
-        while True:
+    async def check(self) -> None:
+        """Mark every call whose ring deadline has passed missed (one round of the task)."""
+        await self._ringer.calls.restore_if_lost()
+        for tenant, call_id in await self._ringer.calls.claim_expired():
             try:
-                await self._ringer.calls.restore_if_lost()
-                for tenant, call_id in await self._ringer.calls.claim_expired():
-                    try:
-                        await self._ringer.missed(tenant, call_id)
-                    except Exception:
-                        log.exception("could not mark call %s missed; retrying", call_id)
-                        await self._ringer.calls.schedule_timeout(tenant, call_id, time.time() + 1)
+                await self._ringer.missed(tenant, call_id)
             except Exception:
-                log.warning("ring timeout check failed; trying again", exc_info=True)
-            await asyncio.sleep(self._interval)
+                log.exception("could not mark call %s missed; retrying", call_id)
+                await self._ringer.calls.schedule_timeout(tenant, call_id, time.time() + 1)

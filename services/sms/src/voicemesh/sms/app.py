@@ -15,24 +15,16 @@ from typing import Annotated
 from urllib.parse import parse_qsl
 
 from fastapi import Depends, HTTPException, Query, Request, Response
-from fastapi.responses import JSONResponse
 from faststream import Context
 from faststream.nats.message import NatsMessage
 from pydantic import BaseModel, ConfigDict, Field
 from redis.asyncio import Redis
 
-from voicemesh.common import (
-    MeshService,
-    SmsJob,
-    UnavailableError,
-    UnknownTenant,
-    subscribe_durable,
-)
+from voicemesh.common import MeshService, SmsJob, subscribe_durable
 from voicemesh.common.contracts import streams, subjects
 from voicemesh.common.contracts.ids import derived_id
 from voicemesh.common.contracts.tools import PHONE_PATTERN, TOOLS, SendSmsArgs, SendSmsResult
 from voicemesh.common.runtime.auth import ApiKeys, tenant_guard
-from voicemesh.common.runtime.db import Database
 from voicemesh.common.runtime.tools import ToolCall, ToolServer
 from voicemesh.sms.models import SmsMessage
 from voicemesh.sms.providers import OutboxProvider, SmsProvider, TwilioProvider
@@ -41,6 +33,7 @@ from voicemesh.sms.settings import SmsSettings
 
 __all__ = ["create_app", "twilio_signature"]
 
+DESCRIPTION = "SMS service: outbound text messages, opt-outs and delivery status."
 TWIML_EMPTY = '<?xml version="1.0" encoding="UTF-8"?><Response></Response>'
 
 
@@ -71,18 +64,8 @@ class MessageOut(BaseModel):
 
     @classmethod
     def of(cls, row: SmsMessage) -> MessageOut:
-        return cls(
-            id=row.id,
-            idempotency_key=row.idempotency_key,
-            to=row.to,
-            body=row.body,
-            purpose=row.purpose,
-            status=row.status,
-            provider=row.provider,
-            provider_id=row.provider_id,
-            detail=row.detail,
-            created_at=row.created_at.isoformat(),
-        )
+        # Every field is the row's, by the same name; the time is shown as ISO 8601 text.
+        return cls.model_validate(row.model_dump() | {"created_at": row.created_at.isoformat()})
 
 
 def twilio_signature(auth_token: str, url: str, params: dict[str, str]) -> str:
@@ -104,13 +87,9 @@ def _provider(settings: SmsSettings) -> SmsProvider:
 
 
 def create_app(settings: SmsSettings) -> MeshService:
-    service = MeshService(
-        "sms",
-        settings,
-        description="SMS service: outbound text messages, opt-outs and delivery status.",
-    )
+    service = MeshService("sms", settings, description=DESCRIPTION)
     # Engine and Redis pool connect lazily: nothing is opened before the startup hook.
-    db = Database(settings.database_url.get_secret_value())
+    db = service.database()
     redis: Redis = Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=3)
     provider = _provider(settings)
     public = settings.public_url.rstrip("/")
@@ -123,21 +102,15 @@ def create_app(settings: SmsSettings) -> MeshService:
         status_callback=lambda t: f"{public}/v1/{t}/twilio/status" if public else None,
     )
 
-    @service.on_startup
-    async def open_resources() -> None:
-        await db.create_all()
-
     @service.on_shutdown
-    async def close_resources() -> None:
+    async def close_clients() -> None:
         await provider.close()
         await redis.aclose()
-        await db.close()
 
     @subscribe_durable(service.broker, streams.consumer("sms", "jobs"), settings.tenant)
     async def on_job(job: SmsJob, msg: Annotated[NatsMessage, Context("message")]) -> None:
         # The subject's tenant is the job's: the delivery policy's tenant fence checked it.
-        if job.tenant not in service.tenants:
-            raise UnknownTenant(f"tenant {job.tenant!r} is not served here")
+        service.tenants.served(job.tenant)
         await sender.handle(job, heartbeat=msg.raw_message.in_progress)
 
     tools = ToolServer(service, max_workers=settings.tool_workers)
@@ -161,7 +134,6 @@ def create_app(settings: SmsSettings) -> MeshService:
         return SendSmsResult(idempotency_key=args.idempotency_key, queued=True)
 
     _http_routes(service, settings, sender)
-    service.http.add_exception_handler(UnavailableError, _unavailable)
     service.provide(sender)
     return service
 
@@ -223,7 +195,3 @@ def _http_routes(service: MeshService, settings: SmsSettings, sender: SmsSender)
         if not await sender.provider_status(tenant, sid, status):
             raise HTTPException(404, "unknown message")
         return Response(status_code=204)
-
-
-async def _unavailable(_request: Request, exc: Exception) -> JSONResponse:
-    return JSONResponse({"detail": str(exc)}, status_code=503)

@@ -18,14 +18,12 @@ from voicemesh.common import MeshService
 from voicemesh.common.contracts import subjects
 from voicemesh.common.contracts.errors import (
     InvalidMessage,
-    UnknownTenant,
     describe_validation_error,
 )
 from voicemesh.common.contracts.events import TranscriptSegment
 from voicemesh.common.contracts.streams import consumer
 from voicemesh.common.runtime.auth import ApiKeys
 from voicemesh.common.runtime.bus import subscribe_durable
-from voicemesh.common.runtime.db import Database
 from voicemesh.transcript.api import transcript_router
 from voicemesh.transcript.settings import TranscriptSettings
 from voicemesh.transcript.store import TranscriptStore
@@ -33,6 +31,8 @@ from voicemesh.transcript.store import TranscriptStore
 __all__ = ["create_app", "parse_segment"]
 
 log = logging.getLogger(__name__)
+
+DESCRIPTION = "Transcript service: durable per-call transcripts, search and export."
 
 
 def parse_segment(subject: str, data: bytes) -> TranscriptSegment:
@@ -53,21 +53,15 @@ def parse_segment(subject: str, data: bytes) -> TranscriptSegment:
 
 
 def create_app(settings: TranscriptSettings) -> MeshService:
-    service = MeshService(
-        "transcript",
-        settings,
-        description="Transcript service: durable per-call transcripts, search and export.",
-    )
-    db = Database(settings.database_url.get_secret_value())
-    store = TranscriptStore(db)
+    service = MeshService("transcript", settings, description=DESCRIPTION)
+    store = TranscriptStore(service.database())
     tracer = service.telemetry.tracer
 
     @subscribe_durable(service.broker, consumer("transcript", "segments"), settings.tenant)
     async def on_segment(message: Annotated[NatsMessage, Context("message")]) -> None:
         raw = message.raw_message
         segment = parse_segment(raw.subject, raw.data)
-        if segment.tenant not in service.tenants:
-            raise UnknownTenant(f"tenant {segment.tenant!r} is not served here")
+        service.tenants.served(segment.tenant)
         with tracer.start_as_current_span("transcript.store") as span:
             # Ids and sizes only: the text stays out of spans for every tenant.
             span.set_attribute("voicemesh.tenant", segment.tenant)
@@ -79,14 +73,6 @@ def create_app(settings: TranscriptSettings) -> MeshService:
             stored = await store.add(segment)
             span.set_attribute("transcript.stored", stored)
         log.debug("segment %s %s", segment.segment_id, "stored" if stored else "already stored")
-
-    @service.on_startup
-    async def open_database() -> None:
-        await db.create_all()
-
-    @service.on_shutdown
-    async def close_database() -> None:
-        await db.close()
 
     service.http.include_router(
         transcript_router(store, ApiKeys.from_settings(settings), service.tenants, tracer)

@@ -8,7 +8,6 @@ its segments in speaking order (start time, then end time, then arrival).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -17,16 +16,10 @@ from sqlalchemy.exc import DBAPIError
 
 from voicemesh.common.contracts.errors import UnavailableError
 from voicemesh.common.contracts.events import TranscriptSegment
-from voicemesh.common.runtime.db import Database
+from voicemesh.common.runtime.db import Database, iso_timestamp
 from voicemesh.transcript.models import SEGMENTS, SegmentRow
 
-__all__ = ["CallSummary", "SearchQuery", "TranscriptStore", "iso_timestamp"]
-
-
-def iso_timestamp(moment: datetime) -> str:
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+__all__ = ["CallSummary", "SearchQuery", "TranscriptStore"]
 
 
 @dataclass(frozen=True)

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import logging
-import signal
-from collections.abc import Iterator
 from pathlib import Path
 
 import uvicorn
@@ -16,6 +13,7 @@ import uvicorn
 from voicemesh.apnssim.admin import admin_app
 from voicemesh.apnssim.certs import make_tls_material
 from voicemesh.apnssim.server import MAX_TOKEN_AGE_S, ApnsSimulator, ProviderKey
+from voicemesh.common.runtime.service import GracefulServer
 
 log = logging.getLogger("voicemesh.apnssim")
 
@@ -49,21 +47,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-class _AdminServer(uvicorn.Server):
-    """uvicorn that stops on SIGTERM/SIGINT and lets ``serve`` close the simulator after."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, self.handle_exit, sig, None)
-        try:
-            yield
-        finally:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(sig)
-
-
 async def serve(args: argparse.Namespace) -> None:
     if args.cert and args.key:
         cert, key, ca = args.cert, args.key, args.ca or args.cert
@@ -82,7 +65,8 @@ async def serve(args: argparse.Namespace) -> None:
         log_config=None,
         access_log=False,
     )
-    admin = _AdminServer(config)
+    # Stops on SIGTERM/SIGINT without re-raising it, so ``finally`` closes the simulator.
+    admin = GracefulServer(config)
     log.info(
         "APNs simulator on %s:%d (CA %s), %d provider keys; admin on port %d",
         args.host,

@@ -36,6 +36,7 @@ from h2.exceptions import ProtocolError
 from h2.settings import SettingCodes
 
 from voicemesh.apnssim.behaviours import Behaviour, behaviour_of
+from voicemesh.apnssim.certs import make_tls_material
 
 __all__ = ["ApnsSimulator", "ProviderKey", "ReceivedPush", "TokenState"]
 
@@ -151,7 +152,10 @@ class ApnsSimulator:
         max_concurrent_streams: int = 1000,
         slow_s: float = 1.0,
         max_records: int = 100_000,
+        ca_path: Path | None = None,
     ) -> None:
+        #: The CA that signed ``cert_path``, for clients to trust (when the caller knows it).
+        self.ca_path = ca_path
         self.keys: dict[str, ProviderKey] = {k.key_id: k for k in keys or []}
         self.max_token_age_s = max_token_age_s
         self.min_token_refresh_s = min_token_refresh_s
@@ -172,6 +176,12 @@ class ApnsSimulator:
         self._changed = asyncio.Condition()
         self.port = 0
         self.host = "127.0.0.1"
+
+    @classmethod
+    def with_own_tls(cls, directory: Path, **options: Any) -> ApnsSimulator:
+        """A simulator on a certificate made in ``directory``, signed by a CA made with it."""
+        tls = make_tls_material(directory)
+        return cls(tls.cert_path, tls.key_path, ca_path=tls.ca_path, **options)
 
     # -- lifecycle --------------------------------------------------------------------------
 

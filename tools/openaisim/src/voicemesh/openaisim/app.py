@@ -11,12 +11,13 @@ from __future__ import annotations
 import asyncio
 import email.parser
 import email.policy
+import functools
 import itertools
 import json
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -85,6 +86,24 @@ def _bad_request(exc: BadRequest) -> JSONResponse:
     )
 
 
+def _openai_route(
+    handler: Callable[[Request, SimState], Awaitable[Response]],
+) -> Callable[[Request], Awaitable[Response]]:
+    """A ``/v1`` endpoint: 401 without a known key, 400 for a ``BadRequest`` it raises."""
+
+    @functools.wraps(handler)
+    async def endpoint(request: Request) -> Response:
+        state: SimState = request.app.state.sim
+        if not state.authorized(request.headers.get("authorization")):
+            return _unauthorized()
+        try:
+            return await handler(request, state)
+        except BadRequest as exc:
+            return _bad_request(exc)
+
+    return endpoint
+
+
 def text_of(content: Any, param: str) -> str:
     """Message content as text: a string, or a list of ``{"type": "text", "text": ...}``."""
     if content is None:
@@ -147,19 +166,14 @@ async def _json_body(request: Request) -> dict[str, Any]:
     return body
 
 
-async def chat_completions(request: Request) -> Response:
-    state: SimState = request.app.state.sim
-    if not state.authorized(request.headers.get("authorization")):
-        return _unauthorized()
-    try:
-        body = await _json_body(request)
-        model = body.get("model")
-        if not isinstance(model, str) or not model:
-            raise BadRequest("model is required", "model")
-        messages = chat_messages(body.get("messages"))
-        tools = function_names(body.get("tools"), nested=True)
-    except BadRequest as exc:
-        return _bad_request(exc)
+@_openai_route
+async def chat_completions(request: Request, state: SimState) -> Response:
+    body = await _json_body(request)
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise BadRequest("model is required", "model")
+    messages = chat_messages(body.get("messages"))
+    tools = function_names(body.get("tools"), nested=True)
     state.counts["chat"] += 1
     state.last_chat = list(body["messages"])
     reply = answer(messages, tools)
@@ -244,30 +258,23 @@ def _form_parts(content_type: str, body: bytes) -> dict[str, tuple[bytes, str | 
     return fields
 
 
-async def transcriptions(request: Request) -> Response:
-    state: SimState = request.app.state.sim
-    if not state.authorized(request.headers.get("authorization")):
-        return _unauthorized()
+@_openai_route
+async def transcriptions(request: Request, state: SimState) -> Response:
+    body = await request.body()
+    if len(body) > MAX_UPLOAD_BYTES:
+        raise BadRequest("the file is larger than 25 MB", "file")
+    fields = _form_parts(request.headers.get("content-type", ""), body)
+    if "file" not in fields:
+        raise BadRequest("file is required", "file")
+    if not fields.get("model", (b"", None))[0]:
+        raise BadRequest("model is required", "model")
+    response_format = fields.get("response_format", (b"json", None))[0].decode()
+    if response_format not in {"json", "text", "verbose_json"}:
+        raise BadRequest(f"response_format {response_format!r} is not supported", "response_format")
     try:
-        body = await request.body()
-        if len(body) > MAX_UPLOAD_BYTES:
-            raise BadRequest("the file is larger than 25 MB", "file")
-        fields = _form_parts(request.headers.get("content-type", ""), body)
-        if "file" not in fields:
-            raise BadRequest("file is required", "file")
-        if not fields.get("model", (b"", None))[0]:
-            raise BadRequest("model is required", "model")
-        response_format = fields.get("response_format", (b"json", None))[0].decode()
-        if response_format not in {"json", "text", "verbose_json"}:
-            raise BadRequest(
-                f"response_format {response_format!r} is not supported", "response_format"
-            )
-        try:
-            pcm, rate = pcm_from_wav(fields["file"][0])
-        except AudioError as exc:
-            raise BadRequest(str(exc), "file") from exc
-    except BadRequest as exc:
-        return _bad_request(exc)
+        pcm, rate = pcm_from_wav(fields["file"][0])
+    except AudioError as exc:
+        raise BadRequest(str(exc), "file") from exc
     state.counts["transcriptions"] += 1
     text = await asyncio.to_thread(state.recognizer.transcribe, pcm, rate)
     if response_format == "text":
@@ -280,30 +287,25 @@ async def transcriptions(request: Request) -> Response:
     return JSONResponse({"text": text, "usage": {"type": "duration", "seconds": round(duration)}})
 
 
-async def speech(request: Request) -> Response:
-    state: SimState = request.app.state.sim
-    if not state.authorized(request.headers.get("authorization")):
-        return _unauthorized()
-    try:
-        body = await _json_body(request)
-        text, voice, model = body.get("input"), body.get("voice"), body.get("model")
-        if not isinstance(model, str) or not model:
-            raise BadRequest("model is required", "model")
-        if not isinstance(text, str) or not text.strip() or len(text) > 4096:
-            raise BadRequest("input must be 1 to 4096 characters", "input")
-        if not isinstance(voice, str | dict):
-            raise BadRequest("voice is required", "voice")
-        response_format = body.get("response_format", "mp3")
-        if response_format not in {"pcm", "wav"}:
-            raise BadRequest(
-                f"response_format {response_format!r} is not supported here (use pcm or wav)",
-                "response_format",
-            )
-        speed = body.get("speed", 1.0)
-        if not isinstance(speed, int | float) or not 0.25 <= speed <= 4.0:
-            raise BadRequest("speed must be between 0.25 and 4.0", "speed")
-    except BadRequest as exc:
-        return _bad_request(exc)
+@_openai_route
+async def speech(request: Request, state: SimState) -> Response:
+    body = await _json_body(request)
+    text, voice, model = body.get("input"), body.get("voice"), body.get("model")
+    if not isinstance(model, str) or not model:
+        raise BadRequest("model is required", "model")
+    if not isinstance(text, str) or not text.strip() or len(text) > 4096:
+        raise BadRequest("input must be 1 to 4096 characters", "input")
+    if not isinstance(voice, str | dict):
+        raise BadRequest("voice is required", "voice")
+    response_format = body.get("response_format", "mp3")
+    if response_format not in {"pcm", "wav"}:
+        raise BadRequest(
+            f"response_format {response_format!r} is not supported here (use pcm or wav)",
+            "response_format",
+        )
+    speed = body.get("speed", 1.0)
+    if not isinstance(speed, int | float) or not 0.25 <= speed <= 4.0:
+        raise BadRequest("speed must be between 0.25 and 4.0", "speed")
     state.counts["speech"] += 1
     pcm = await asyncio.to_thread(
         state.voice.speak, text, SPEECH_RATE, rate=int(175 * float(speed))

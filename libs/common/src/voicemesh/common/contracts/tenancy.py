@@ -8,6 +8,8 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from voicemesh.common.contracts.errors import UnknownTenant
+
 __all__ = ["TENANT_ID_PATTERN", "Tenant", "TenantRegistry", "Vertical", "validate_tenant_id"]
 
 #: Tenant ids become subject tokens, so they use the NATS-safe alphabet only.
@@ -85,6 +87,13 @@ class TenantRegistry:
 
     def get(self, tenant: str) -> Tenant | None:
         return self._tenants.get(tenant)
+
+    def served(self, tenant: str) -> Tenant:
+        """The tenant ``tenant``, or ``UnknownTenant`` (dead-letter) if it is not served here."""
+        try:
+            return self._tenants[tenant]
+        except KeyError:
+            raise UnknownTenant(f"tenant {tenant!r} is not served here") from None
 
     def __contains__(self, tenant: object) -> bool:
         return tenant in self._tenants

@@ -113,6 +113,9 @@ class DeadLetterMiddleware(BaseMiddleware):
             raise
         except Exception as exc:
             raw = msg.raw_message
+            if isinstance(raw, list):  # a batch: its handler settles each message itself
+                log.error("a batch handler failed (%s); its messages come back", type(exc).__name__)
+                raise
             deliveries = deliveries_of(raw)
             delay = retry_delay(exc, deliveries, _max_deliver(raw))
             if delay is not None:

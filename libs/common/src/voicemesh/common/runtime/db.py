@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 
 from sqlalchemy import event
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
@@ -23,7 +24,19 @@ from sqlmodel.ext.asyncio.session import AsyncSession as SQLModelSession
 
 from voicemesh.common.contracts.errors import UnavailableError
 
-__all__ = ["Database", "async_url"]
+__all__ = ["Database", "async_url", "iso_timestamp"]
+
+
+def iso_timestamp(moment: datetime) -> str:
+    """Fixed-width UTC ISO 8601 with microseconds: sorts as text in time order.
+
+    Stored as text (not a DB datetime) so the value is byte-identical on SQLite and
+    PostgreSQL (the audit chain hashes it), and time-range queries still work with plain
+    string comparison. A naive ``moment`` is taken to be UTC.
+    """
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def async_url(url: str) -> str:
@@ -38,7 +51,11 @@ def async_url(url: str) -> str:
 
 
 class Database:
-    """One async engine and its session factory."""
+    """One async engine and its session factory.
+
+    A service opens it with ``MeshService.database()``; ``async with Database(url) as db``
+    creates the tables and closes the engine after (scripts and tests).
+    """
 
     def __init__(self, url: str, *, echo: bool = False) -> None:
         self.url = async_url(url)
@@ -80,6 +97,13 @@ class Database:
 
     async def close(self) -> None:
         await self.engine.dispose()
+
+    async def __aenter__(self) -> Database:
+        await self.create_all()
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.close()
 
 
 def _sqlite_pragmas(dbapi_connection: object, _record: object) -> None:

@@ -1,9 +1,11 @@
 """The runtime every voicemesh service shares.
 
-A service builds a ``MeshService`` in its ``create_app(settings)``, registers its
-subscribers on ``service.broker`` (``subscribe_durable``), its tools on a ``ToolServer`` and
-its routes on ``service.http``, hands its live state to ``service.provide`` (reached typed
-with ``service.get(Kind)``), and its ``__main__`` calls ``serve``. The service is a
+A service builds a ``MeshService`` in its ``create_app(settings)``, opens its database with
+``service.database()``, registers its subscribers on ``service.broker``
+(``subscribe_durable``), its tools on a ``ToolServer`` and its routes on ``service.http`` (a
+``NotFound`` a route lets through answers 404, an ``UnavailableError`` 503), hands its live
+state to ``service.provide`` (reached typed with ``service.get(Kind)``), and its
+``__main__`` calls ``serve``. The service is a
 FastStream app (the broker and its hooks) served next to a small HTTP app with ``/healthz``
 (200 only while the broker is connected) and ``/metrics``.
 
@@ -21,21 +23,35 @@ import logging
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import uvicorn
-from fastapi import FastAPI, Response
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
 from faststream import FastStream
 from faststream.nats import NatsBroker
 from faststream.specification import AsyncAPI
 from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
 
+from voicemesh.common.contracts.errors import NotFound, UnavailableError
 from voicemesh.common.runtime.bus import make_broker
 from voicemesh.common.runtime.logs import configure_logging
 from voicemesh.common.runtime.settings import ServiceSettings
 from voicemesh.common.runtime.telemetry import Telemetry, setup_telemetry
 
-__all__ = ["Hook", "MeshService", "freeze_startup_heap", "run", "serve", "setup_process"]
+if TYPE_CHECKING:
+    from voicemesh.common.runtime.db import Database
+
+__all__ = [
+    "GracefulServer",
+    "Hook",
+    "MeshService",
+    "Startable",
+    "freeze_startup_heap",
+    "run",
+    "serve",
+    "setup_process",
+]
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +60,18 @@ SettingsT = TypeVar("SettingsT", bound=ServiceSettings)
 StateT = TypeVar("StateT")
 
 HEALTH_PING_TIMEOUT_S = 1.0
+
+
+class Startable(Protocol):
+    """Something that runs while the service does: a poller, a writer, a cache."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+#: How the HTTP API of every service answers the mesh errors a route lets through.
+HTTP_STATUS_OF_ERROR: dict[type[Exception], int] = {NotFound: 404, UnavailableError: 503}
 
 
 class MeshService:
@@ -103,6 +131,8 @@ class MeshService:
             summary="Prometheus metrics",
             include_in_schema=True,
         )
+        for kind, status_code in HTTP_STATUS_OF_ERROR.items():
+            self.http.add_exception_handler(kind, _answer_with(status_code))
 
     # -- live state ---------------------------------------------------------------------------
 
@@ -120,6 +150,22 @@ class MeshService:
         assert isinstance(state, kind)
         return state
 
+    # -- resources --------------------------------------------------------------------------
+
+    def database(self) -> Database:
+        """The service's SQL database (``settings.database_url``), opened and closed with it.
+
+        Its tables are created before, and the engine is closed after, the hooks registered
+        later, so they may use it. The engine connects lazily: nothing is opened before then.
+        """
+        # Imported here: services without a database need not load SQLAlchemy.
+        from voicemesh.common.runtime.db import Database
+
+        db = Database(self.settings.database_url.get_secret_value())
+        self.on_startup(db.create_all)
+        self.on_shutdown(db.close)
+        return db
+
     # -- hooks ------------------------------------------------------------------------------
 
     def on_startup(self, hook: Hook) -> Hook:
@@ -131,6 +177,11 @@ class MeshService:
         """Run ``hook`` after the broker has drained (close what ``on_startup`` opened)."""
         self._shutdown.append(hook)
         return hook
+
+    def own(self, part: Startable) -> None:
+        """Start ``part`` after the hooks registered so far and stop it before them."""
+        self.on_startup(part.start)
+        self.on_shutdown(part.stop)
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -179,7 +230,14 @@ class MeshService:
         return Response(generate_latest(self.telemetry.registry), media_type=CONTENT_TYPE_LATEST)
 
 
-class _Server(uvicorn.Server):
+def _answer_with(status_code: int) -> Callable[[Request, Exception], Awaitable[Response]]:
+    async def answer(_request: Request, exc: Exception) -> Response:
+        return JSONResponse({"detail": str(exc)}, status_code=status_code)
+
+    return answer
+
+
+class GracefulServer(uvicorn.Server):
     """uvicorn, but a SIGTERM or SIGINT that shut the service down cleanly exits with 0.
 
     (uvicorn re-raises the captured signal after shutdown, so the process would report
@@ -211,7 +269,7 @@ def run(service: MeshService, **uvicorn_options: Any) -> None:
         timeout_graceful_shutdown=int(settings.graceful_timeout),
         **uvicorn_options,
     )
-    server = _Server(config)
+    server = GracefulServer(config)
     asyncio.run(server.serve())
     if not server.started:
         raise SystemExit(1)
