@@ -1,32 +1,15 @@
-"""The agent service wires up as a voicemesh service."""
+"""The agent service loads its recognisers when it starts, not when a call comes."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 
-import pytest
 from nats.aio.client import Client as NatsClient
 
 from voicemesh.agent import AgentSettings, create_app
 from voicemesh.agent.providers.base import CallContext
 from voicemesh.agent.providers.offline import OfflineProvider
 from voicemesh.common.contracts import streams
-
-
-def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("VOICEMESH_HTTP_PORT", "9999")
-    monkeypatch.setenv("VOICEMESH_NATS_URL", "nats://nats-0:4222,nats://nats-1:4222")
-    settings = AgentSettings()
-    assert settings.service_name == "agent"
-    assert settings.http_port == 9999
-    assert settings.nats_urls == ["nats://nats-0:4222", "nats://nats-1:4222"]
-
-
-def test_app_serves_health_and_metrics() -> None:
-    service = create_app(AgentSettings())
-    paths = {getattr(route, "path", "") for route in service.http.routes}
-    assert {"/healthz", "/metrics"} <= paths
-    assert service.name == "agent"
 
 
 async def test_recognisers_load_at_startup_not_when_a_call_comes(
