@@ -33,61 +33,22 @@ from _report import median, report
 from voicemesh.audit.chain import ChainEntry, canonical_json
 from voicemesh.audit.models import LOG
 from voicemesh.audit.store import AuditStore
-from voicemesh.common import CallConnected, Envelope, SmsJob, ToolEvent
+from voicemesh.common import Envelope
 from voicemesh.common.contracts import streams, subjects
 from voicemesh.common.runtime.db import Database
 from voicemesh.testkit.embedded import free_port, start_nats
-from voicemesh.testkit.mesh import nats_client
+from voicemesh.testkit.events import audited_events
+from voicemesh.testkit.mesh import nats_client, publish_events
 
 ROUNDS = 3
 EVENTS = 10000
 BATCH = 250
 
 
-def _events(tenant: str, n: int, tag: str) -> list[tuple[str, Envelope]]:
-    out: list[tuple[str, Envelope]] = []
-    for i in range(n):
-        call = f"{tag}-{i // 3}"
-        if i % 3 == 0:
-            out.append(
-                (
-                    subjects.call_lifecycle(tenant, call),
-                    CallConnected(tenant=tenant, call_id=call, source="bench"),
-                )
-            )
-        elif i % 3 == 1:
-            event = ToolEvent(
-                tenant=tenant,
-                call_id=call,
-                source="crm",
-                service="crm",
-                name="lookup_contact",
-                request_id=f"r{i}",
-                ok=True,
-                duration_ms=2.0,
-            )
-            out.append((subjects.event(tenant, "tool"), event))
-        else:
-            job = SmsJob(
-                tenant=tenant,
-                source="bench",
-                idempotency_key=f"{tag}{i}",
-                to="+15550100",
-                body="Reminder: see you tomorrow.",
-            )
-            out.append((subjects.sms_outbound(tenant), job))
-    return out
-
-
 async def publish_all(nc: NatsClient, events: list[tuple[str, Envelope]]) -> float:
-    js = nc.jetstream()
-    bodies = [(s, e.model_dump_json().encode(), e.event_id) for s, e in events]
     start = time.perf_counter()
-    for i in range(0, len(bodies), 256):
-        await asyncio.gather(
-            *(js.publish(s, b, headers={"Nats-Msg-Id": m}) for s, b, m in bodies[i : i + 256])
-        )
-    return len(bodies) / (time.perf_counter() - start)
+    await publish_events(nc, events, in_flight=256)
+    return len(events) / (time.perf_counter() - start)
 
 
 async def raw_consume(nc: NatsClient, tenant: str, n: int, durable: str) -> float:
@@ -142,7 +103,7 @@ async def audit_ingest(
 ) -> float:
     """Backlog first, then start the service: measures draining, not startup or publishing."""
     await streams.apply(nc.jetstream(), tenants=[tenant], services={"audit"})
-    await publish_all(nc, _events(tenant, EVENTS, tag))
+    await publish_all(nc, audited_events(tenant, EVENTS, tag=tag))
     port = free_port()
     env = {
         **os.environ,
@@ -190,12 +151,10 @@ async def main() -> None:
         try:
             for r in range(ROUNDS):
                 tenant = f"bench-{r}"
-                results["publish"].append(
-                    await publish_all(nc, _events(f"raw-{r}", EVENTS, f"p{r}"))
-                )
-                results["consume"].append(
-                    await raw_consume(nc, f"raw-{r}", EVENTS // 3, f"raw-{r}")
-                )
+                raw = audited_events(f"raw-{r}", EVENTS, tag=f"p{r}")
+                lifecycle = sum(1 for subject, _ in raw if streams.stream_for(subject) == "CALLS")
+                results["publish"].append(await publish_all(nc, raw))
+                results["consume"].append(await raw_consume(nc, f"raw-{r}", lifecycle, f"raw-{r}"))
                 results["append"].append(
                     await chain_append(f"sqlite+aiosqlite:///{tmp}/append-{r}.db", tenant, EVENTS)
                 )

@@ -34,8 +34,9 @@ from voicemesh.apnssim.behaviours import Behaviour, token_for
 from voicemesh.apnssim.certs import make_provider_key, make_tls_material
 from voicemesh.common.contracts import streams, subjects
 from voicemesh.common.contracts.events import CallRequested, new_call_id
+from voicemesh.testkit.apns import write_credentials
 from voicemesh.testkit.embedded import free_port, start_nats, start_redis
-from voicemesh.testkit.mesh import nats_client
+from voicemesh.testkit.mesh import nats_client, publish_event
 
 BUNDLE = "dev.voicemesh.bench"
 SECRET = "b" * 40
@@ -163,18 +164,8 @@ async def main() -> None:
         tls = make_tls_material(tmp / "tls")
         keys = {"bench-a": make_provider_key(), "bench-b": make_provider_key()}
         creds = tmp / "creds"
-        creds.mkdir()
         for t, k in keys.items():
-            (creds / f"{t}.json").write_text(
-                json.dumps(
-                    {
-                        "key_id": k.key_id,
-                        "team_id": k.team_id,
-                        "key": k.private_pem,
-                        "bundle_id": BUNDLE,
-                    }
-                )
-            )
+            write_credentials(creds, t, k, BUNDLE)
         (tmp / "keys.json").write_text(
             json.dumps(
                 [
@@ -265,11 +256,7 @@ async def main() -> None:
                 tenant=tenant, call_id=new_call_id(), source="bench", user_id=user
             )
             sent = time.time()
-            await js.publish(
-                subjects.call_lifecycle(tenant, event.call_id),
-                event.model_dump_json().encode(),
-                headers={"Nats-Msg-Id": event.event_id},
-            )
+            await publish_event(js, event, subjects.call_lifecycle(tenant, event.call_id))
             return event.call_id, sent
 
         async def received(since: int) -> dict[str, float]:

@@ -57,6 +57,7 @@ from voicemesh.common.contracts import streams, subjects
 from voicemesh.common.contracts.events import ToolRequest
 from voicemesh.common.runtime.tools import ToolClient
 from voicemesh.testkit.embedded import free_port, start_nats
+from voicemesh.testkit.events import audited_events
 from voicemesh.testkit.mesh import nats_client
 
 TENANT = "bench-homes"
@@ -312,7 +313,7 @@ async def _audit(url: str, work: Path) -> tuple[float, float]:
     nc = await nats_client(url)
     try:
         publish = await audit_ingest.publish_all(
-            nc, audit_ingest._events("raw-0", AUDIT_EVENTS, "p0")
+            nc, audited_events("raw-0", AUDIT_EVENTS, tag="p0")
         )
         ingest = await audit_ingest.audit_ingest(
             nc, f"sqlite+aiosqlite:///{work / 'audit.db'}", url, "bench-audit", work, "i0"

@@ -122,6 +122,8 @@ has_secret voicemesh postgres-admin || put_secret voicemesh postgres-admin "pass
 has_secret voicemesh call-token || put_secret voicemesh call-token "secret=$(random)$(random)"
 has_secret voicemesh turn || put_secret voicemesh turn "static-auth-secret=$(random)"
 has_secret voicemesh api-keys || put_secret voicemesh api-keys "keys="
+# /metrics answers only this bearer token in production (VOICEMESH_PUBLIC_METRICS=false).
+has_secret voicemesh metrics || put_secret voicemesh metrics "token=$(random)$(random)"
 has_secret voicemesh apns || echo "warning: Secret voicemesh/apns (<tenant>.json APNs credentials) is missing: push cannot ring phones (docs/deploy.md)" >&2
 
 api_keys="$(secret_key voicemesh api-keys keys)"
@@ -158,6 +160,7 @@ fi
 put_secret "vm-$tenant" nats-credentials "password=$nats_password"
 put_secret "vm-$tenant" redis "password=$(secret_key voicemesh redis password)"
 put_secret "vm-$tenant" api-keys "keys=$(tr ',' '\n' <<<"$api_keys" | grep "^$tenant:")"
+put_secret "vm-$tenant" metrics "token=$(secret_key voicemesh metrics token)"
 
 # The new NATS user and tenant list roll NATS, gateway and push (their ConfigMaps changed);
 # API keys live in a Secret, so the edge services are restarted to read them.

@@ -6,7 +6,6 @@ download); the microphone is a WAV of 440 Hz beeps, the agent an echo on NATS.
 
 from __future__ import annotations
 
-import shutil
 import wave
 from pathlib import Path
 from typing import Any
@@ -15,19 +14,19 @@ import httpx
 import numpy as np
 import pytest
 from nats.aio.client import Client as NatsClient
-from playwright.async_api import async_playwright
 
-from voicemesh.common import TranscriptSegment, decode_event
+from voicemesh.common import Speaker, decode_event
 from voicemesh.common.contracts import streams, subjects
 from voicemesh.testkit.embedded import free_port
+from voicemesh.testkit.events import transcript_segment
 from voicemesh.testkit.fixtures import ProcessTracker, wait_until
 from voicemesh.testkit.tracks import dominant_frequency
 from voicemesh.testkit.whip import EchoAgent
 
+from ..conftest import chromium
+
 pytestmark = pytest.mark.slow
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-HAVE_CHROMIUM = Path(CHROMIUM).exists()
 TENANT = "demo-salon"
 
 PAGE_STATS = """async () => {
@@ -62,7 +61,6 @@ async def test_demo_page_calls_talks_and_hangs_up(
     processes: ProcessTracker,
     tmp_path: Path,
 ) -> None:
-    assert HAVE_CHROMIUM, "Debian's chromium is required: apt-get install chromium"
     await streams.apply(nats.jetstream())
     lifecycle: list[Any] = []
 
@@ -87,21 +85,9 @@ async def test_demo_page_calls_talks_and_hangs_up(
     await gateway.wait_healthy()
     wav = _beeps(tmp_path / "beeps.wav")
 
-    async with async_playwright() as p:
-        browser = await p.chromium.launch(
-            executable_path=CHROMIUM,
-            headless=True,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--use-fake-ui-for-media-stream",
-                "--use-fake-device-for-media-stream",
-                f"--use-file-for-fake-audio-capture={wav}",
-                "--autoplay-policy=no-user-gesture-required",
-                "--allow-loopback-in-peer-connection",
-            ],
-        )
-        try:
+    fake_mic = ("--use-fake-device-for-media-stream", f"--use-file-for-fake-audio-capture={wav}")
+    try:
+        async with chromium(*fake_mic) as browser:
             context = await browser.new_context(permissions=["microphone"])
             page = await context.new_page()
             await page.goto(f"{base}/demo?tenant={TENANT}")
@@ -138,17 +124,10 @@ async def test_demo_page_calls_talks_and_hangs_up(
 
             # The live transcript shows both sides.
             for n, (speaker, text) in enumerate(
-                [("caller", "I'd like a haircut"), ("agent", "Sure, when suits you?")]
+                [(Speaker.CALLER, "I'd like a haircut"), (Speaker.AGENT, "Sure, when suits you?")]
             ):
-                segment = TranscriptSegment(
-                    tenant=TENANT,
-                    call_id=call_id,
-                    source="agent",
-                    segment_id=f"{call_id}:{speaker}:{n}",
-                    speaker=speaker,
-                    text=text,
-                    start_s=n,
-                    end_s=n + 1,
+                segment = transcript_segment(
+                    TENANT, call_id, speaker, n, text, start_s=n, end_s=n + 1
                 )
                 await nats.publish(
                     subjects.call_transcript(TENANT, call_id), segment.model_dump_json().encode()
@@ -161,9 +140,8 @@ async def test_demo_page_calls_talks_and_hangs_up(
 
             await page.click("#hangup")
             await page.wait_for_function("window.vmDemo.state === 'ended'")
-        finally:
-            await browser.close()
-            await agent.stop()
+    finally:
+        await agent.stop()
 
     async with httpx.AsyncClient(base_url=base) as http:
         load = (await http.get("/v1/gateway/load")).json()

@@ -8,8 +8,9 @@ table. Sections are merged under a file lock, so tests may run in any order or i
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 
@@ -54,6 +55,18 @@ async def start_gateway_and_agent(
     await gateway.wait_healthy(30)
     await agent.wait_healthy(30)
     return gateway, agent, f"http://127.0.0.1:{gateway_port}"
+
+
+class GatewayAndAgent(Protocol):
+    async def __call__(
+        self, *, tenant: str, vertical: str, secret: str, api_key: str
+    ) -> tuple[ServiceProcess, ServiceProcess, str]: ...
+
+
+@pytest.fixture
+def gateway_and_agent(processes: ProcessTracker, nats_url: str, redis_url: str) -> GatewayAndAgent:
+    """``start_gateway_and_agent`` on the test's nats-server and Redis."""
+    return partial(start_gateway_and_agent, processes, nats_url, redis_url)
 
 
 _OUTCOME = pytest.StashKey[str]()

@@ -14,21 +14,19 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable
 from functools import partial
-from typing import Any
 
 import httpx
 from nats.aio.client import Client as NatsClient
 
 from voicemesh.common.contracts import subjects
 from voicemesh.common.contracts.events import CallEnded
-from voicemesh.testkit.fixtures import ProcessTracker, wait_until
+from voicemesh.testkit.fixtures import wait_until
 from voicemesh.testkit.mesh import stored_events
 from voicemesh.testkit.tracks import ToneTrack
 from voicemesh.testkit.whip import WhipCaller
 
-from .conftest import start_gateway_and_agent
+from .conftest import GatewayAndAgent, Recorder
 
 TENANT = "demo-legal"
 API_KEY = "chaos-sigterm-legal-key-0123456789"
@@ -60,20 +58,10 @@ def _closed(caller: WhipCaller) -> bool:
 
 
 async def test_sigterm_ends_every_call_with_server_shutdown(
-    nats: NatsClient,
-    nats_url: str,
-    redis_url: str,
-    processes: ProcessTracker,
-    chaos_results: Callable[[dict[str, Any]], None],
+    nats: NatsClient, gateway_and_agent: GatewayAndAgent, chaos_results: Recorder
 ) -> None:
-    gateway, agent, base = await start_gateway_and_agent(
-        processes,
-        nats_url,
-        redis_url,
-        tenant=TENANT,
-        vertical="legal",
-        secret=SECRET,
-        api_key=API_KEY,
+    gateway, agent, base = await gateway_and_agent(
+        tenant=TENANT, vertical="legal", secret=SECRET, api_key=API_KEY
     )
 
     callers: list[WhipCaller] = []

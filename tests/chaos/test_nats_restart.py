@@ -26,12 +26,12 @@ from voicemesh.agent.speech import speak
 from voicemesh.common.contracts import subjects
 from voicemesh.common.contracts.events import CallEnded, TranscriptSegment
 from voicemesh.testkit.embedded import EmbeddedServer
-from voicemesh.testkit.fixtures import ProcessTracker, wait_until
+from voicemesh.testkit.fixtures import wait_until
 from voicemesh.testkit.mesh import stored_events
 from voicemesh.testkit.tracks import CallerVoice
 from voicemesh.testkit.whip import WhipCaller
 
-from .conftest import start_gateway_and_agent
+from .conftest import GatewayAndAgent, Recorder
 
 TENANT = "demo-salon"
 API_KEY = "chaos-nats-salon-key-0123456789"
@@ -80,18 +80,11 @@ async def _restart(server: EmbeddedServer, while_down: Callable[[], Awaitable[No
 async def test_calls_survive_a_nats_restart(
     nats_server: EmbeddedServer,
     nats: NatsClient,
-    redis_url: str,
-    processes: ProcessTracker,
-    chaos_results: Callable[[dict[str, Any]], None],
+    gateway_and_agent: GatewayAndAgent,
+    chaos_results: Recorder,
 ) -> None:
-    gateway, agent, base = await start_gateway_and_agent(
-        processes,
-        nats_server.url,
-        redis_url,
-        tenant=TENANT,
-        vertical="salon",
-        secret=SECRET,
-        api_key=API_KEY,
+    gateway, agent, base = await gateway_and_agent(
+        tenant=TENANT, vertical="salon", secret=SECRET, api_key=API_KEY
     )
     outcomes: list[dict[str, Any]] = []
     callers: list[Caller] = []

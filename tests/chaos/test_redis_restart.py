@@ -11,7 +11,6 @@ ring deadline, with the missed-call text) instead of ringing forever.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -25,13 +24,15 @@ import redis
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
-from voicemesh.apnssim.certs import make_provider_key, make_tls_material
+from voicemesh.apnssim.certs import make_provider_key
 from voicemesh.apnssim.server import ApnsSimulator, ProviderKey
 from voicemesh.common import decode_event
 from voicemesh.common.contracts import streams, subjects
 from voicemesh.common.contracts.events import AnyEvent, CallRequested
+from voicemesh.testkit.apns import write_credentials
 from voicemesh.testkit.embedded import EmbeddedServer, free_port, start_redis
 from voicemesh.testkit.fixtures import ProcessTracker, ServiceProcess, wait_until
+from voicemesh.testkit.mesh import publish_event
 from voicemesh.testkit.whip import EchoAgent, WhipCaller
 
 TENANT = "demo-salon"
@@ -46,41 +47,20 @@ DOWN_S = 1.0
 @pytest.fixture
 def own_redis(tmp_path: Path) -> Iterator[EmbeddedServer]:
     """A Redis only this test uses: restarting the session's would disturb other tests."""
-    server = start_redis(tmp_path / "redis")
-    try:
+    with start_redis(tmp_path / "redis") as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
 async def apns(tmp_path: Path) -> AsyncIterator[ApnsSimulator]:
-    tls = make_tls_material(tmp_path / "tls")
-    simulator = ApnsSimulator(tls.cert_path, tls.key_path, slow_s=0.5)
-    simulator.ca_path = tls.ca_path  # type: ignore[attr-defined]
-    await simulator.start()
-    try:
+    async with ApnsSimulator.with_own_tls(tmp_path / "tls", slow_s=0.5) as simulator:
         yield simulator
-    finally:
-        await simulator.stop()
 
 
 def _credentials(sim: ApnsSimulator, directory: Path) -> Path:
     key = make_provider_key()
     sim.add_key(ProviderKey(key.key_id, key.team_id, key.public_pem, frozenset({BUNDLE})))
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / f"{TENANT}.p8").write_text(key.private_pem)
-    (directory / f"{TENANT}.json").write_text(
-        json.dumps(
-            {
-                "key_id": key.key_id,
-                "team_id": key.team_id,
-                "key_file": f"{TENANT}.p8",
-                "bundle_id": BUNDLE,
-            }
-        )
-    )
-    return directory
+    return write_credentials(directory, TENANT, key, BUNDLE)
 
 
 def _start(
@@ -106,7 +86,7 @@ def _start(
             "VOICEMESH_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'push.db'}",
             "VOICEMESH_APNS_HOST": "localhost",
             "VOICEMESH_APNS_PORT": str(sim.port),
-            "VOICEMESH_APNS_CA_FILE": str(sim.ca_path),  # type: ignore[attr-defined]
+            "VOICEMESH_APNS_CA_FILE": str(sim.ca_path),
             "VOICEMESH_APNS_CREDENTIALS_DIR": str(_credentials(sim, tmp_path / "apns")),
             "VOICEMESH_GATEWAY_PUBLIC_URL": f"http://127.0.0.1:{gateway_port}",
         },
@@ -167,11 +147,7 @@ async def test_redis_restart_rebuilds_state_and_ends_affected_calls(
                 phone="+15550301234",
                 ring_timeout_s=RING_S,
             )
-            await nats.jetstream().publish(
-                subjects.call_lifecycle(TENANT, ringing.call_id),
-                ringing.model_dump_json().encode(),
-                headers={"Nats-Msg-Id": ringing.event_id},
-            )
+            await publish_event(nats, ringing, subjects.call_lifecycle(TENANT, ringing.call_id))
             await wait_until(lambda: "call.ringing" in kinds(ringing.call_id), 10, what="ringing")
 
             # Redis goes away and comes back empty: a new server without persistence.

@@ -47,12 +47,13 @@ from voicemesh.common.contracts.events import (
     Speaker,
     ToolErrorCode,
     ToolResult,
-    TranscriptSegment,
 )
 from voicemesh.common.contracts.ids import derived_id
 from voicemesh.common.runtime.tools import ToolClient
 from voicemesh.testkit.embedded import free_port
+from voicemesh.testkit.events import transcript_segment
 from voicemesh.testkit.fixtures import ProcessTracker, ServiceProcess, wait_until
+from voicemesh.testkit.mesh import publish_event
 
 TENANT = "demo-salon"
 API_KEY = "chaos-salon-api-key-0123456789"
@@ -141,15 +142,10 @@ async def _provision(js: JetStreamContext) -> list[tuple[str, str]]:
 
 
 async def _publish(js: JetStreamContext, event: Envelope, subject: str, ledger: Accepted) -> None:
-    """Publish like ``JetStreamPublisher``: JetStream, deduplicated by ``event_id``."""
+    """Publish like ``JetStreamPublisher``: JetStream, deduplicated by its message id."""
     for attempt in range(20):
         try:
-            await js.publish(
-                subject,
-                event.model_dump_json().encode(),
-                headers={"Nats-Msg-Id": event.event_id},
-                timeout=5,
-            )
+            await publish_event(js, event, subject, timeout=5)
         except Exception:
             # Not acknowledged, so not accepted: publish again with the same id.
             await asyncio.sleep(0.1 * (attempt + 1))
@@ -207,16 +203,7 @@ async def _simulated_call(
 
     async def segment(speaker: Speaker, text: str) -> None:
         n = sum(1 for s in ledger.segments[call_id] if f":{speaker.value}:" in s)
-        seg = TranscriptSegment(
-            tenant=TENANT,
-            call_id=call_id,
-            source="agent",
-            segment_id=f"{call_id}:{speaker.value}:{n}",
-            speaker=speaker,
-            text=text,
-            start_s=float(n),
-            end_s=float(n) + 0.5,
-        )
+        seg = transcript_segment(TENANT, call_id, speaker, n, text, start_s=n, end_s=n + 0.5)
         await _publish(js, seg, subjects.call_transcript(TENANT, call_id), ledger)
         ledger.segments[call_id].append(seg.segment_id)
 

@@ -17,12 +17,15 @@ import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import datetime, time
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
+import httpx
 import pytest
 
-from voicemesh.testkit.fixtures import OtlpReceiver
+from voicemesh.testkit.fixtures import LocalDays, OtlpReceiver
 
 READY_LINE = "Press Ctrl-C"
 
@@ -63,6 +66,52 @@ class Mesh:
         optionally one component's only: for failure messages."""
         chosen = [line for line in self.output if line.startswith(component)]
         return "".join(chosen[-lines:])
+
+
+def call_progress(output: str) -> list[str]:
+    """The progress lines of ``voicemesh call``'s output, without their ``[time]`` prefix."""
+    return [line.split("] ", 1)[1] for line in output.splitlines() if line.startswith("[")]
+
+
+async def voicemesh_call(
+    *args: str,
+    env: dict[str, str] | None = None,
+    separate_stderr: bool = False,
+    timeout: float = 90,
+) -> tuple[int | None, str, str]:
+    """``python -m voicemesh.cli call *args``: its exit code, output and (only if
+    ``separate_stderr``, else it is in the output) its standard error."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "voicemesh.cli", "call", *args, env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE if separate_stderr else asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    return proc.returncode, out.decode(), (err or b"").decode()
+
+
+async def appointments_tomorrow_at(
+    http: httpx.AsyncClient,
+    calendar_url: str,
+    tenant: str,
+    auth: dict[str, str],
+    days: LocalDays,
+    at: time,
+) -> list[dict[str, Any]]:
+    """The tenant's appointments (calendar HTTP API) that start at ``at``, its local time,
+    on any day that was "tomorrow" there since ``days`` began."""
+    hours = (await http.get(f"{calendar_url}/v1/{tenant}/hours", headers=auth)).json()
+    zone = ZoneInfo(hours["time_zone"])
+    tomorrows = days.tomorrows(zone)
+    listed = await http.get(
+        f"{calendar_url}/v1/{tenant}/appointments",
+        params={"day": tomorrows[0].isoformat(), "days": len(tomorrows)},
+        headers=auth,
+    )
+    assert listed.status_code == 200, listed.text
+    starts = {datetime.combine(day, at, tzinfo=zone) for day in tomorrows}
+    appointments: list[dict[str, Any]] = listed.json()["appointments"]
+    return [a for a in appointments if datetime.fromisoformat(a["start"]) in starts]
 
 
 def _read_output(proc: subprocess.Popen[str], sink: list[str], ready: threading.Event) -> None:

@@ -12,18 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import shutil
 import time
-from datetime import datetime
 from datetime import time as clock
-from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
 from nats.aio.msg import Msg
-from playwright.async_api import Page, async_playwright
+from playwright.async_api import Page
 
 from voicemesh.common.contracts import subjects
 from voicemesh.common.contracts.events import EndReason, Speaker
@@ -32,12 +28,11 @@ from voicemesh.phone.script import CallWatcher, Line, converse
 from voicemesh.testkit.fixtures import LocalDays, wait_until
 from voicemesh.testkit.mesh import nats_client
 
-from .conftest import Mesh
+from ..conftest import chromium
+from .conftest import Mesh, appointments_tomorrow_at
 
 pytestmark = pytest.mark.slow
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-HAVE_CHROMIUM = Path(CHROMIUM).exists()
 TENANT = "demo-salon"
 # Another hour than the phone test's booking, so the two never compete for a slot.
 SCRIPT = [
@@ -118,84 +113,58 @@ class PageCaller:
 
 
 async def test_demo_page_books_with_the_real_agent(mesh: Mesh) -> None:
-    assert HAVE_CHROMIUM, "Debian's chromium is required: apt-get install chromium"
     gateway = mesh.url("gateway")
     days = LocalDays()
     nc = await nats_client(mesh.nats_url)
     try:
-        async with async_playwright() as p:
-            browser = await p.chromium.launch(
-                executable_path=CHROMIUM,
-                headless=True,
-                args=[
-                    "--no-sandbox",
-                    "--disable-gpu",
-                    "--use-fake-ui-for-media-stream",
-                    "--autoplay-policy=no-user-gesture-required",
-                    "--allow-loopback-in-peer-connection",
-                ],
-            )
+        async with chromium() as browser:
+            context = await browser.new_context(permissions=["microphone"])
+            await context.add_init_script(FAKE_MIC)
+            page = await context.new_page()
+            caller = PageCaller(page)
+            await page.goto(f"{gateway}/demo?tenant={TENANT}&processing=0")
+            await page.wait_for_function("document.querySelectorAll('#tenant option').length")
+            await page.select_option("#tenant", TENANT)
+            await page.click("#call")
+            call_id = await (
+                await page.wait_for_function("window.vmDemo.callId", timeout=10_000)
+            ).json_value()
+            watcher = CallWatcher(nc, TENANT, call_id)
+            await watcher.start()
+            await nc.subscribe(subjects.audio_out(TENANT, call_id), cb=caller.on_agent_audio)
             try:
-                context = await browser.new_context(permissions=["microphone"])
-                await context.add_init_script(FAKE_MIC)
-                page = await context.new_page()
-                caller = PageCaller(page)
-                await page.goto(f"{gateway}/demo?tenant={TENANT}&processing=0")
-                await page.wait_for_function("document.querySelectorAll('#tenant option').length")
-                await page.select_option("#tenant", TENANT)
-                await page.click("#call")
-                call_id = await (
-                    await page.wait_for_function("window.vmDemo.callId", timeout=10_000)
-                ).json_value()
-                watcher = CallWatcher(nc, TENANT, call_id)
-                await watcher.start()
-                await nc.subscribe(subjects.audio_out(TENANT, call_id), cb=caller.on_agent_audio)
-                try:
-                    await page.wait_for_function(
-                        "['connected', 'failed', 'ended'].includes(window.vmDemo.state)",
-                        timeout=20_000,
-                    )
-                    state = await page.evaluate("[window.vmDemo.state, window.vmDemo.error]")
-                    assert state[0] == "connected", state
-                    said = await converse(caller, watcher, SCRIPT)
-                    assert said >= len(SCRIPT)  # more when the agent asked again
-                    # The page shows both sides of the live transcript.
-                    await page.wait_for_function(
-                        "document.querySelector('#transcript').innerText.includes('all set')"
-                    )
-                    shown = await page.inner_text("#transcript")
-                    # Every line the agent heard, as it heard it (the recogniser may have
-                    # misheard one and asked again).
-                    heard = [h.segment.text for h in watcher.lines(Speaker.CALLER)]
-                    assert heard and all(f"You: {line}" in shown for line in heard), shown
-                    assert "Agent: Hi, thanks for calling Bella Salon" in shown, shown
-                    await page.click("#hangup")
-                    await page.wait_for_function("window.vmDemo.state === 'ended'")
-                    ended = await watcher.wait(watcher.ended, 10, "CallEnded")
-                    assert ended.reason is EndReason.HANGUP
-                finally:
-                    await watcher.stop()
+                await page.wait_for_function(
+                    "['connected', 'failed', 'ended'].includes(window.vmDemo.state)",
+                    timeout=20_000,
+                )
+                state = await page.evaluate("[window.vmDemo.state, window.vmDemo.error]")
+                assert state[0] == "connected", state
+                said = await converse(caller, watcher, SCRIPT)
+                assert said >= len(SCRIPT)  # more when the agent asked again
+                # The page shows both sides of the live transcript.
+                await page.wait_for_function(
+                    "document.querySelector('#transcript').innerText.includes('all set')"
+                )
+                shown = await page.inner_text("#transcript")
+                # Every line the agent heard, as it heard it (the recogniser may have
+                # misheard one and asked again).
+                heard = [h.segment.text for h in watcher.lines(Speaker.CALLER)]
+                assert heard and all(f"You: {line}" in shown for line in heard), shown
+                assert "Agent: Hi, thanks for calling Bella Salon" in shown, shown
+                await page.click("#hangup")
+                await page.wait_for_function("window.vmDemo.state === 'ended'")
+                ended = await watcher.wait(watcher.ended, 10, "CallEnded")
+                assert ended.reason is EndReason.HANGUP
             finally:
-                await browser.close()
+                await watcher.stop()
     finally:
         await nc.drain()
 
     auth = mesh.auth(TENANT)
     async with httpx.AsyncClient(timeout=10) as http:
-        hours = (await http.get(f"{mesh.url('calendar')}/v1/{TENANT}/hours", headers=auth)).json()
-        zone = ZoneInfo(hours["time_zone"])
-        tomorrows = days.tomorrows(zone)
-        listed = await http.get(
-            f"{mesh.url('calendar')}/v1/{TENANT}/appointments",
-            params={"day": tomorrows[0].isoformat(), "days": len(tomorrows)},
-            headers=auth,
+        [booked] = await appointments_tomorrow_at(
+            http, mesh.url("calendar"), TENANT, auth, days, clock(11, 0)
         )
-        at_eleven = {datetime.combine(day, clock(11, 0), tzinfo=zone) for day in tomorrows}
-        [booked] = [
-            a
-            for a in listed.json()["appointments"]
-            if datetime.fromisoformat(a["start"]) in at_eleven
-        ]
         assert booked["status"] == "booked" and booked["name"].lower().startswith("mary")
 
         async def transcript() -> Any:

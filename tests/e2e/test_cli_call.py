@@ -7,42 +7,32 @@ trace id that really finds the call's spans.
 
 from __future__ import annotations
 
-import asyncio
 import re
-import sys
 from pathlib import Path
 
 import pytest
 
 from voicemesh.testkit.fixtures import OtlpReceiver, wait_until
 
-from .conftest import Mesh
+from .conftest import Mesh, call_progress, voicemesh_call
 
 pytestmark = pytest.mark.slow
+
+
+async def _call(mesh: Mesh, tenant: str, say: str, *options: str) -> str:
+    """``voicemesh call`` on the launcher's stack, which must succeed: its output."""
+    code, output, _ = await voicemesh_call(
+        *options, "--data-dir", str(mesh.data_dir), "--tenant", tenant, "--say", say
+    )
+    assert code == 0, output
+    return output
 
 
 async def test_voicemesh_call_talks_to_the_agent_and_prints_transcript_and_trace(
     mesh: Mesh, otlp_receiver: OtlpReceiver
 ) -> None:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "voicemesh.cli",
-        "call",
-        "--data-dir",
-        str(mesh.data_dir),
-        "--tenant",
-        "demo-salon",
-        "--say",
-        "i would like to book a manicure with sophie",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    raw, _ = await asyncio.wait_for(proc.communicate(), 90)
-    output = raw.decode()
-    assert proc.returncode == 0, output
-
-    progress = [line.split("] ", 1)[1] for line in output.splitlines() if line.startswith("[")]
+    output = await _call(mesh, "demo-salon", "i would like to book a manicure with sophie")
+    progress = call_progress(output)
     assert progress[0].startswith("calling demo-salon (call ")
     assert any(p.startswith("connected (inbound, salon)") for p in progress), output
     said = [p for p in progress if " said: " in p]
@@ -69,25 +59,8 @@ async def test_voicemesh_call_talks_to_the_agent_and_prints_transcript_and_trace
 
 
 async def test_voicemesh_call_push_rings_the_phone_which_answers(mesh: Mesh) -> None:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "voicemesh.cli",
-        "call",
-        "--push",
-        "--data-dir",
-        str(mesh.data_dir),
-        "--tenant",
-        "demo-insurance",
-        "--say",
-        "i need to report a claim",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    raw, _ = await asyncio.wait_for(proc.communicate(), 90)
-    output = raw.decode()
-    assert proc.returncode == 0, output
-    progress = [line.split("] ", 1)[1] for line in output.splitlines() if line.startswith("[")]
+    output = await _call(mesh, "demo-insurance", "i need to report a claim", "--push")
+    progress = call_progress(output)
 
     def at(prefix: str) -> int:
         return next(i for i, p in enumerate(progress) if p.startswith(prefix))
@@ -102,17 +75,9 @@ async def test_voicemesh_call_push_rings_the_phone_which_answers(mesh: Mesh) -> 
 
 
 async def test_voicemesh_call_without_a_stack_says_what_is_missing(tmp_path: Path) -> None:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "voicemesh.cli",
-        "call",
-        "--data-dir",
-        str(tmp_path),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+    code, out, err = await voicemesh_call(
+        "--data-dir", str(tmp_path), separate_stderr=True, timeout=30
     )
-    out, err = await asyncio.wait_for(proc.communicate(), 30)
-    assert proc.returncode == 2 and out == b""
-    assert "no gateway URL, NATS URL, API key" in err.decode()
-    assert "voicemesh up" in err.decode()
+    assert code == 2 and out == ""
+    assert "no gateway URL, NATS URL, API key" in err
+    assert "voicemesh up" in err

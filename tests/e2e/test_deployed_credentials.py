@@ -14,9 +14,8 @@ import asyncio
 import os
 import secrets
 import sys
-from datetime import datetime, time
+from datetime import time
 from types import ModuleType
-from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
@@ -27,6 +26,7 @@ from voicemesh.testkit.fixtures import LocalDays, ProcessTracker, ServiceProcess
 from voicemesh.testkit.mesh import EventTypesSeen, nats_client
 
 from ..conftest import DeployedNats
+from .conftest import appointments_tomorrow_at, call_progress, voicemesh_call
 
 pytestmark = pytest.mark.slow
 
@@ -101,45 +101,31 @@ async def test_a_call_books_with_every_process_on_its_deployed_nats_user(
     await seen.start()
     days = LocalDays()
     try:
-        caller = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "voicemesh.cli", "call",
+        code, output, _ = await voicemesh_call(
             "--tenant", TENANT, "--data-dir", str(processes.log_dir / "no-stack"),
             "--gateway-url", url["gateway"], "--transcript-url", url["transcript"],
             "--nats-url", deployed_nats.url, "--api-key", api_key,
             env={**os.environ, "VOICEMESH_TENANTS": f"{TENANT}:{VERTICAL}", **tenant.env()},
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            timeout=100,
         )  # fmt: skip
-        raw, _ = await asyncio.wait_for(caller.communicate(), 100)
     finally:
         await seen.stop()
         await watch.drain()
-    output = raw.decode()
     logs = "\n".join(f"--- {n}\n{s.log()[-1500:]}" for n, s in services.items())
-    assert caller.returncode == 0, output + logs
+    assert code == 0, output + logs
 
-    progress = [line.split("] ", 1)[1] for line in output.splitlines() if line.startswith("[")]
+    progress = call_progress(output)
     assert any(p.startswith("agent said: Hi, thanks for calling Bella Salon") for p in progress)
     assert "booked" in progress, output + logs
     assert progress[-1].startswith("ended ("), output
 
     async with httpx.AsyncClient(timeout=10) as http:
         auth = {"Authorization": f"Bearer {api_key}"}
-        hours = (await http.get(f"{url['calendar']}/v1/{TENANT}/hours", headers=auth)).json()
-        zone = ZoneInfo(hours["time_zone"])
-        tomorrows = days.tomorrows(zone)
-        listed = await http.get(
-            f"{url['calendar']}/v1/{TENANT}/appointments",
-            params={"day": tomorrows[0].isoformat(), "days": len(tomorrows)},
-            headers=auth,
+        at_three = await appointments_tomorrow_at(
+            http, url["calendar"], TENANT, auth, days, time(15, 0)
         )
-    assert listed.status_code == 200, listed.text
-    starts = {datetime.combine(day, time(15, 0), tzinfo=zone) for day in tomorrows}
-    booked = [
-        a
-        for a in listed.json()["appointments"]
-        if datetime.fromisoformat(a["start"]) in starts and a["status"] == "booked"
-    ]
-    assert len(booked) == 1, listed.json()
+    booked = [a for a in at_three if a["status"] == "booked"]
+    assert len(booked) == 1, at_three
 
     # Every event on the tenant's subjects is one `make docs` exports ...
     assert {"call.connected", "call.ended", "tool.event"} <= set(seen.types), seen.types

@@ -11,10 +11,9 @@ agent, calendar, sms and transcript/audit under the trace id the request started
 from __future__ import annotations
 
 import secrets
-from datetime import datetime, time
+from datetime import time
 from importlib import resources
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
@@ -31,9 +30,9 @@ from voicemesh.common.contracts.events import (
 from voicemesh.phone import SimulatedPhone
 from voicemesh.phone.script import CallWatcher, Line, converse
 from voicemesh.testkit.fixtures import LocalDays, OtlpReceiver, wait_until
-from voicemesh.testkit.mesh import EventTypesSeen, nats_client
+from voicemesh.testkit.mesh import EventTypesSeen, nats_client, publish_event
 
-from .conftest import Mesh
+from .conftest import Mesh, appointments_tomorrow_at
 
 pytestmark = pytest.mark.slow
 
@@ -69,8 +68,6 @@ async def test_requested_call_rings_answers_books_texts_records_and_is_one_trace
     assert "tomorrow at three p m" in script[0].say
     days = LocalDays()
     async with httpx.AsyncClient(timeout=10) as http:
-        hours = (await http.get(f"{mesh.url('calendar')}/v1/{TENANT}/hours", headers=auth)).json()
-        zone = ZoneInfo(hours["time_zone"])
         phone = SimulatedPhone(
             token=secrets.token_hex(32),
             user_id="mary",
@@ -104,13 +101,11 @@ async def test_requested_call_rings_answers_books_texts_records_and_is_one_trace
                 caller_name="Bella Salon",
                 phone=REQUESTED_PHONE,
             )
-            await nc.jetstream().publish(
+            await publish_event(
+                nc,
+                request,
                 subjects.call_lifecycle(TENANT, call_id),
-                request.model_dump_json().encode(),
-                headers={
-                    "Nats-Msg-Id": request.event_id,
-                    "traceparent": f"00-{trace_id}-{request_span}-01",
-                },
+                headers={"traceparent": f"00-{trace_id}-{request_span}-01"},
             )
             payload = await phone.next_push(http, timeout=15)
             assert payload["call_id"] == call_id and payload["callerName"] == "Bella Salon"
@@ -136,20 +131,10 @@ async def test_requested_call_rings_answers_books_texts_records_and_is_one_trace
             await nc.drain()
 
         # The appointment, at 3 pm tomorrow in the salon's time zone.
-        tomorrows = days.tomorrows(zone)
-        expected_starts = {datetime.combine(day, time(15, 0), tzinfo=zone) for day in tomorrows}
-        listed = await http.get(
-            f"{mesh.url('calendar')}/v1/{TENANT}/appointments",
-            params={"day": tomorrows[0].isoformat(), "days": len(tomorrows)},
-            headers=auth,
+        ours = await appointments_tomorrow_at(
+            http, mesh.url("calendar"), TENANT, auth, days, time(15, 0)
         )
-        assert listed.status_code == 200, listed.text
-        ours = [
-            a
-            for a in listed.json()["appointments"]
-            if datetime.fromisoformat(a["start"]) in expected_starts
-        ]
-        assert len(ours) == 1, listed.json()
+        assert len(ours) == 1, ours
         # Booked with what the agent heard (offline speech recognition through Opus may get
         # a digit or a surname wrong: that is the recogniser's accuracy, not the plumbing's).
         heard = [h.segment.text for h in watcher.lines(Speaker.CALLER)]

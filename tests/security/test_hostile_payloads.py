@@ -36,7 +36,7 @@ from voicemesh.common.contracts import streams, subjects
 from voicemesh.common.contracts.audio import AudioFrame, encode_frame
 from voicemesh.common.contracts.events import ToolRequest, ToolResult
 from voicemesh.common.contracts.tools import TOOLS, ToolSpec
-from voicemesh.testkit.fixtures import wait_until
+from voicemesh.testkit.fixtures import dead_letters, wait_until
 from voicemesh.testkit.whip import WhipCaller
 
 from .conftest import TENANTS, VERTICALS, SecureMesh, record_security
@@ -163,7 +163,7 @@ async def test_hostile_payloads_are_dead_lettered_and_nothing_crashes(
 ) -> None:
     js = mesh_nats.jetstream()
     tenant = TENANTS["fuzz"]
-    dead = await mesh_nats.subscribe(subjects.dead_letter(tenant))
+    entries = await dead_letters(mesh_nats, tenant)
     payloads = hostile_payloads(tenant, 12)
     untyped = sum(not _is_typed_object(p) for p in payloads)
     readers = [
@@ -185,19 +185,11 @@ async def test_hostile_payloads_are_dead_lettered_and_nothing_crashes(
                 _subject(family, tenant), body, headers={"Nats-Msg-Id": f"{family}-{index}"}
             )
 
-    entries: list[DeadLetter] = []
-
     def per_reader() -> Counter[tuple[str, str]]:
         # push's lane consumer is per tenant: push-calls-<tenant>.
         return Counter((e.subject, e.consumer.removesuffix(f"-{tenant}")) for e in entries)
 
-    async def all_dead_lettered() -> bool:
-        while True:
-            try:
-                msg = await dead.next_msg(timeout=0.05)
-            except TimeoutError:
-                break
-            entries.append(DeadLetter.model_validate_json(msg.data))
+    def all_dead_lettered() -> bool:
         got = per_reader()
         return all(got[key] >= count for key, count in floor.items())
 
@@ -294,7 +286,7 @@ async def test_garbage_on_a_live_calls_audio_and_control_subjects(
                 return int((await http.get(f"{agent}/v1/calls")).json()["active"]) >= 1
 
             await wait_until(agent_has_call, timeout=20, what="the agent's conversation")
-            dead = await mesh_nats.subscribe(subjects.dead_letter(tenant))
+            letters = await dead_letters(mesh_nats, tenant)
             for body in frames:
                 # Both media directions: the agent drops bad caller frames, the gateway
                 # counts and skips bad agent frames.
@@ -306,20 +298,13 @@ async def test_garbage_on_a_live_calls_audio_and_control_subjects(
                 await mesh_nats.publish(subjects.call_control(tenant, call_id), body)
             await mesh_nats.flush()
 
-            entries: list[DeadLetter] = []
+            def control() -> list[DeadLetter]:
+                return [e for e in letters if e.consumer == "gateway-control"]
 
-            async def control_dead_lettered() -> bool:
-                while True:
-                    try:
-                        msg = await dead.next_msg(timeout=0.05)
-                    except TimeoutError:
-                        break
-                    entry = DeadLetter.model_validate_json(msg.data)
-                    if entry.consumer == "gateway-control":
-                        entries.append(entry)
-                return len(entries) >= len(garbage)
-
-            await wait_until(control_dead_lettered, timeout=20, what="control dead letters")
+            await wait_until(
+                lambda: len(control()) >= len(garbage), timeout=20, what="control dead letters"
+            )
+            entries = control()
             assert all(e.reason and e.call_id == call_id for e in entries)
             # The call is still up on both sides: nothing hung it up or crashed.
             load = (await http.get("/v1/gateway/load")).json()

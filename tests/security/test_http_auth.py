@@ -4,8 +4,9 @@ The services run as processes (``secure_mesh``). Each service's own ``/openapi.j
 its routes, so a route added later is checked without touching this file:
 
 * a route under ``/v1/{tenant}/`` guarded by the tenant API key answers 401 without a
-  bearer key, 403 for a forged key or another tenant's key, 404 for a tenant the service
-  does not serve, and lets the right key through;
+  bearer key or with a forged one, 403 for another tenant's key, and lets the right key
+  through; a tenant that does not exist answers exactly as one that does (401/403, never
+  404), so the API cannot be used to enumerate tenants;
 * the gateway's WHIP routes take call tokens instead: missing, forged or expired → 401,
   another tenant's or another call's → 403, a token works once (a replay → 401);
 * every other route must be on the short public list below (health, metrics, the /demo
@@ -117,18 +118,17 @@ async def test_every_route_refuses_missing_forged_and_other_tenant_keys(
                 wrong.append(f"{key}: not tenant-scoped and not on the public list")
                 continue
             guarded += 1
+            nobody = op.url(base, "sec-nobody")
             expectations = [
                 ("no key", url, None, {401}),
-                ("forged key", url, forged, {403}),
+                ("forged key", url, forged, {401}),
                 ("other tenant's key", url, f"Bearer {secure_mesh.key('b')}", {403}),
-                ("unknown tenant", op.url(base, "sec-nobody"), own, {404}),
+                ("unknown tenant, no key", nobody, None, {401}),
+                ("unknown tenant, forged key", nobody, forged, {401}),
+                ("unknown tenant, a real key", nobody, own, {403}),
                 ("own key, other tenant's path", op.url(base, other), own, {403}),
+                ("wrong scheme", url, f"Basic {secure_mesh.key('a')}", {401}),
             ]
-            # The gateway's call creation reads any Authorization header as a key attempt.
-            scheme_status = {403} if service == "gateway" else {401}
-            expectations.append(
-                ("wrong scheme", url, f"Basic {secure_mesh.key('a')}", scheme_status)
-            )
             for label, target, authorization, statuses in expectations:
                 r = await _send(http, op, target, authorization)
                 tried += 1
@@ -182,6 +182,10 @@ async def test_call_tokens_refuse_forged_expired_and_other_tenant_and_work_once(
             other_tenant, _ = issue_call_token(secret, TENANTS["b"], call["call_id"])
             other_call, _ = issue_call_token(secret, tenant, uuid.uuid4().hex)
             assert (await offer_with(None)).status_code == 401
+            # An unknown tenant's WHIP route answers as a known one's (no enumeration).
+            nobody = call["whip_url"].replace(f"/v1/{tenant}/", "/v1/sec-nobody/")
+            r = await http.post(nobody, content=offer, headers=sdp)
+            assert r.status_code == 401, r.text
             assert (await offer_with("not-a-jwt")).status_code == 401
             assert (await offer_with(forged)).status_code == 401
             r = await offer_with(expired)

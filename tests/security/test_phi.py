@@ -25,8 +25,8 @@ from nats.aio.client import Client as NatsClient
 
 from voicemesh.agent.profiles import ProfileLibrary
 from voicemesh.common.contracts import subjects
-from voicemesh.common.contracts.events import CallConnected, ToolRequest, ToolResult
-from voicemesh.testkit.agent import SimulatedCaller, follow_script
+from voicemesh.common.contracts.events import ToolRequest, ToolResult
+from voicemesh.testkit.agent import connected_call, follow_script
 from voicemesh.testkit.fixtures import CollectedSpan, OtlpReceiver, wait_until
 
 from .conftest import TENANTS, SecureMesh, record_security
@@ -124,20 +124,8 @@ async def test_a_healthcare_call_leaves_no_phi_in_logs_or_spans(
     # -- the call: the healthcare demo script, spoken --------------------------------------
     profile = ProfileLibrary().get("healthcare")
     call_id = uuid.uuid4().hex
-    caller = SimulatedCaller(mesh_nats, tenant, call_id)
-    await caller.start()
-    try:
-        event = CallConnected(
-            tenant=tenant, call_id=call_id, source="gateway", vertical="healthcare"
-        )
-        await mesh_nats.jetstream().publish(
-            subjects.call_lifecycle(tenant, call_id),
-            event.model_dump_json().encode(),
-            headers={"Nats-Msg-Id": event.event_id},
-        )
+    async with connected_call(mesh_nats, tenant, call_id, "healthcare") as caller:
         await follow_script(caller, profile, timeout=30)
-    finally:
-        await caller.stop()
     assert "booked" in " ".join(caller.agent_lines()).lower(), caller.agent_lines()
 
     # -- the values did reach the services --------------------------------------------------

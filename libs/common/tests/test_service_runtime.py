@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import signal
+from typing import Any
 
 import httpx
 import pytest
 from nats.aio.client import Client as NatsClient
 
+from voicemesh.common import MeshService, ServiceSettings
 from voicemesh.common.contracts import streams
 from voicemesh.testkit.embedded import EmbeddedServer
 from voicemesh.testkit.fixtures import ProcessTracker, wait_until
 
+METRICS_TOKEN = "metrics-scrape-token-0123456789"
 SERVICES = ["gateway", "push", "agent", "crm", "calendar", "sms", "audit", "transcript"]
 
 
@@ -64,3 +67,35 @@ async def test_healthz_is_503_while_nats_is_down(
 
 async def _status(client: httpx.AsyncClient, url: str, expected: int) -> bool:
     return (await client.get(url)).status_code == expected
+
+
+async def test_docs_and_metrics_follow_the_settings() -> None:
+    """Public by default (``make run``); closed, or behind a bearer token, when configured."""
+
+    async def statuses(**settings: Any) -> dict[str, int]:
+        service = MeshService("probe", ServiceSettings(**settings))
+        transport = httpx.ASGITransport(app=service.http)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            return {
+                path: (await client.get(path, headers=headers)).status_code
+                for path, headers in [
+                    ("/docs", {}),
+                    ("/redoc", {}),
+                    ("/openapi.json", {}),
+                    ("/metrics", {}),
+                    ("/metrics#forged", {"Authorization": "Bearer not-the-token-0123456789"}),
+                    ("/metrics#token", {"Authorization": f"Bearer {METRICS_TOKEN}"}),
+                ]
+            }
+
+    every = ["/docs", "/redoc", "/openapi.json", "/metrics", "/metrics#forged", "/metrics#token"]
+    assert await statuses() == dict.fromkeys(every, 200)
+    closed = await statuses(public_docs=False, public_metrics=False)
+    assert closed == dict.fromkeys(every, 404)
+    scraped = await statuses(public_docs=False, public_metrics=False, metrics_token=METRICS_TOKEN)
+    assert scraped == {
+        **dict.fromkeys(["/docs", "/redoc", "/openapi.json"], 404),
+        "/metrics": 401,
+        "/metrics#forged": 401,
+        "/metrics#token": 200,
+    }

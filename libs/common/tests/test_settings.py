@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
-from voicemesh.common import ServiceSettings, Vertical
+from voicemesh.common import CallEnded, EndReason, ServiceSettings, Tenant, Vertical
+from voicemesh.common.contracts.tenancy import validate_tenant_id
+
+REPO = Path(__file__).resolve().parents[3]
 
 
 def test_environment_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -52,3 +57,29 @@ def test_unknown_tenant_without_vertical_is_an_error(monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("VOICEMESH_TENANT", "nobody")
     with pytest.raises(ValueError, match="nobody"):
         ServiceSettings().tenant_registry()
+
+
+def test_a_trailing_newline_is_no_tenant_id() -> None:
+    """``re.match`` with ``$`` accepts ``"acme\\n"``; every tenant check matches the whole id."""
+    with pytest.raises(ValueError, match="invalid tenant id"):
+        validate_tenant_id("acme\n")
+    # pydantic's ``pattern=`` (Rust regex: ``$`` is the end of the text) already refuses it.
+    with pytest.raises(ValidationError):
+        Tenant(id="acme\n", vertical=Vertical.SALON)
+    with pytest.raises(ValidationError):
+        CallEnded(tenant="acme\n", call_id="c1", source="test", reason=EndReason.HANGUP)
+
+
+def test_docs_and_metrics_are_public_locally_and_closed_in_the_manifests() -> None:
+    """``make run`` serves /docs and /metrics to anyone; every production env file does not."""
+    local = ServiceSettings()
+    assert local.public_docs and local.public_metrics and local.metrics_token is None
+    # The edge services' settings, and every vertical's agent-pod profile.
+    service_envs = [
+        REPO / "deploy/k8s/base/edge.env",
+        *(REPO / f"deploy/k8s/verticals/{v.value}/profile.env" for v in Vertical),
+    ]
+    for path in service_envs:
+        lines = set(path.read_text().splitlines())
+        assert "VOICEMESH_PUBLIC_DOCS=false" in lines, path
+        assert "VOICEMESH_PUBLIC_METRICS=false" in lines, path

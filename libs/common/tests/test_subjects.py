@@ -34,7 +34,9 @@ def test_every_subject_starts_with_the_tenant() -> None:
     assert subjects.all_tenant_subjects("acme") == "vm.acme.>"
 
 
-@pytest.mark.parametrize("bad", ["", "a.b", "a b", "*x", ">", "a>", "é", "x" * 129])
+@pytest.mark.parametrize(
+    "bad", ["", "a.b", "a b", "*x", ">", "a>", "é", "x" * 129, "acme\n", "c1\n"]
+)
 def test_unsafe_tokens_are_refused(bad: str) -> None:
     with pytest.raises(subjects.SubjectError):
         subjects.call_lifecycle("acme", bad)
@@ -67,6 +69,7 @@ def test_parsing_helpers() -> None:
     assert subjects.tenant_of("other.acme") is None
     assert subjects.parse_call_subject("vm.acme.call.c1.audio.in") == ("acme", "c1", "audio.in")
     assert subjects.parse_call_subject("vm.acme.push.voip") is None
+    assert subjects.tenant_of("vm.acme\n.push.voip") is None  # ``$`` would allow the newline
 
 
 def _python_subject_literals(path: Path) -> list[int]:

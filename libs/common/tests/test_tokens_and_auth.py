@@ -41,8 +41,11 @@ def test_forged_and_expired_tokens_are_refused() -> None:
         issue_call_token("short", "acme", "c1")
 
 
-async def test_tenant_guard_answers_401_403_404() -> None:
-    keys = ApiKeys.parse("acme:acme-key-0123456789, other:other-key-0123456789")
+async def test_tenant_guard_authenticates_before_it_looks_up_the_tenant() -> None:
+    """Whoever holds no key for a tenant learns nothing about which tenants exist."""
+    keys = ApiKeys.parse(
+        "acme:acme-key-0123456789, other:other-key-0123456789, gone:gone-key-0123456789"
+    )
     guard = tenant_guard(keys, TenantRegistry.parse("acme:salon,other:legal"))
     app = FastAPI()
 
@@ -52,15 +55,26 @@ async def test_tenant_guard_answers_401_403_404() -> None:
 
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+
+        async def status(tenant: str, key: str | None) -> int:
+            headers = {"Authorization": f"Bearer {key}"} if key is not None else {}
+            return (await client.get(f"/v1/{tenant}/ping", headers=headers)).status_code
+
         ok = await client.get(
             "/v1/acme/ping", headers={"Authorization": "Bearer acme-key-0123456789"}
         )
         assert ok.json() == {"tenant": "acme"}
-        assert (await client.get("/v1/acme/ping")).status_code == 401
-        other = {"Authorization": "Bearer other-key-0123456789"}
-        assert (await client.get("/v1/acme/ping", headers=other)).status_code == 403
-        assert (await client.get("/v1/nobody/ping", headers=other)).status_code == 404
-        assert (await client.get("/v1/BAD!/ping", headers=other)).status_code == 422
+        for tenant in ("acme", "nobody"):  # a served tenant and one that does not exist
+            assert await status(tenant, None) == 401
+            assert await status(tenant, "forged-key-0123456789") == 401
+            assert await status(tenant, "other-key-0123456789") == 403
+        basic = {"Authorization": "Basic acme-key-0123456789"}
+        assert (await client.get("/v1/acme/ping", headers=basic)).status_code == 401
+        # Only the holder of a tenant's own key hears that this service does not serve it.
+        assert await status("gone", "gone-key-0123456789") == 404
+        assert await status("BAD!", "other-key-0123456789") == 422
+        # A trailing newline is no tenant id (the path pattern matches the whole id).
+        assert await status("acme%0A", "acme-key-0123456789") == 422
 
 
 def test_short_keys_and_bad_specs_are_refused() -> None:

@@ -20,10 +20,17 @@ from nats.aio.client import Client as NatsClient
 from voicemesh.agent import AgentService, AgentSettings, create_app
 from voicemesh.agent.profiles import ProfileLibrary
 from voicemesh.common.contracts import streams, subjects
-from voicemesh.common.contracts.events import CallConnected, CallEnded, EndReason, HandoffReason
-from voicemesh.testkit.agent import SimulatedCaller, cough, decode_agent_audio, follow_script
+from voicemesh.common.contracts.events import CallEnded, EndReason, HandoffReason
+from voicemesh.testkit.agent import (
+    SimulatedCaller,
+    connected_call,
+    cough,
+    decode_agent_audio,
+    follow_script,
+)
 from voicemesh.testkit.fakes import standard_desk
 from voicemesh.testkit.fixtures import wait_until
+from voicemesh.testkit.mesh import publish_event
 
 NEW_YORK = ZoneInfo("America/New_York")
 NOW = datetime(2026, 11, 24, 10, 0, tzinfo=NEW_YORK)
@@ -42,29 +49,16 @@ async def agent(nats: NatsClient, nats_url: str) -> AsyncIterator[AgentService]:
         await service.stop()
 
 
-async def _connect(nats: NatsClient, tenant: str, call_id: str, vertical: str) -> SimulatedCaller:
-    caller = SimulatedCaller(nats, tenant, call_id)
-    await caller.start()
-    event = CallConnected(tenant=tenant, call_id=call_id, source="gateway", vertical=vertical)
-    await nats.jetstream().publish(
-        subjects.call_lifecycle(tenant, call_id),
-        event.model_dump_json().encode(),
-        headers={"Nats-Msg-Id": event.event_id},
-    )
-    return caller
-
-
 async def _scripted_call(nats: NatsClient, profile: str) -> dict[str, Any]:
     """A caller who answers what the agent asks, from the profile's demo script."""
     tenant = f"demo-{profile.replace('_', '-')}"
     desk = standard_desk(nats, tenant)
     await desk.start()
-    caller = await _connect(nats, tenant, f"call-{profile}", profile)
     try:
-        greeting = await follow_script(caller, LIBRARY.get(profile), timeout=45)
+        async with connected_call(nats, tenant, f"call-{profile}", profile) as caller:
+            greeting = await follow_script(caller, LIBRARY.get(profile), timeout=45)
         return {"greeting": greeting, "caller": caller, "desk": desk}
     finally:
-        await caller.stop()
         await desk.stop()
 
 
@@ -104,8 +98,7 @@ async def test_six_verticals_scripted_calls_at_once(agent: AgentService, nats: N
 async def test_barge_in_stops_agent_audio_within_300_ms_and_a_cough_does_not(
     agent: AgentService, nats: NatsClient
 ) -> None:
-    caller = await _connect(nats, "demo-legal", "call-barge", "legal")
-    try:
+    async with connected_call(nats, "demo-legal", "call-barge", "legal") as caller:
         await wait_until(lambda: len(caller.audio) > 25, 10)  # the greeting is playing
         await caller.play(cough())
         await asyncio.sleep(0.5)
@@ -128,8 +121,6 @@ async def test_barge_in_stops_agent_audio_within_300_ms_and_a_cough_does_not(
         legal = LIBRARY.get("legal")
         prompts = [s.prompt for s in legal.slots.values()] + [legal.messages.didnt_catch]
         assert reply in prompts
-    finally:
-        await caller.stop()
 
 
 async def test_caller_audio_that_arrives_in_a_burst_is_still_heard(
@@ -141,22 +132,21 @@ async def test_caller_audio_that_arrives_in_a_burst_is_still_heard(
 
     desk = standard_desk(nats, "demo-salon")
     await desk.start()
-    caller = await _connect(nats, "demo-salon", "call-burst", "salon")
     try:
-        await caller.wait_for_agent_line(1, timeout=30)
-        said = "i would like to book a haircut with maria tomorrow at three p m"
-        pcm = speak(said)
-        size = frame_bytes(16000)
-        subject = subjects.audio_in("demo-salon", "call-burst")
-        for seq, offset in enumerate(range(0, len(pcm), size), start=1_000_000):
-            chunk = pcm[offset : offset + size].ljust(size, b"\0")
-            await nats.publish(subject, encode_frame(AudioFrame.now(seq, chunk, 16000)))
-        await caller.wait_for_agent_line(2, timeout=30)
-        # All of it was heard as one utterance (the recogniser may get a word wrong).
-        [heard] = caller.caller_lines()
-        assert len(set(heard.split()) & set(said.split())) >= len(said.split()) // 2, heard
+        async with connected_call(nats, "demo-salon", "call-burst", "salon") as caller:
+            await caller.wait_for_agent_line(1, timeout=30)
+            said = "i would like to book a haircut with maria tomorrow at three p m"
+            pcm = speak(said)
+            size = frame_bytes(16000)
+            subject = subjects.audio_in("demo-salon", "call-burst")
+            for seq, offset in enumerate(range(0, len(pcm), size), start=1_000_000):
+                chunk = pcm[offset : offset + size].ljust(size, b"\0")
+                await nats.publish(subject, encode_frame(AudioFrame.now(seq, chunk, 16000)))
+            await caller.wait_for_agent_line(2, timeout=30)
+            # All of it was heard as one utterance (the recogniser may get a word wrong).
+            [heard] = caller.caller_lines()
+            assert len(set(heard.split()) & set(said.split())) >= len(said.split()) // 2, heard
     finally:
-        await caller.stop()
         await desk.stop()
 
 
@@ -177,22 +167,20 @@ async def test_silence_prompts_then_hangs_up(
     )
     service = create_app(settings, now=lambda: NOW)
     await service.start()
-    caller = await _connect(nats, "demo-salon", "call-quiet", "salon")
     try:
-        await wait_until(caller.hung_up, 25)
-        lines = caller.agent_lines()
-        assert lines[1] == "Are you still there?"
-        assert "got disconnected" in lines[2]
+        async with connected_call(nats, "demo-salon", "call-quiet", "salon") as caller:
+            await wait_until(caller.hung_up, 25)
+            lines = caller.agent_lines()
+            assert lines[1] == "Are you still there?"
+            assert "got disconnected" in lines[2]
     finally:
-        await caller.stop()
         await service.stop()
 
 
 async def test_failing_tools_give_an_apology_and_a_handoff(
     agent: AgentService, nats: NatsClient
 ) -> None:
-    caller = await _connect(nats, "demo-insurance", "call-fail", "insurance")
-    try:
+    async with connected_call(nats, "demo-insurance", "call-fail", "insurance") as caller:
         await caller.wait_for_agent_line(1, timeout=15)
         await caller.say("can you look up my policy")
         await caller.wait_for_agent_line(2)
@@ -207,38 +195,30 @@ async def test_failing_tools_give_an_apology_and_a_handoff(
         await wait_until(lambda: caller.handoffs, 5)
         assert caller.handoffs[0].reason is HandoffReason.PROVIDER_FAILURE
         await wait_until(caller.hung_up, 30)
-    finally:
-        await caller.stop()
 
 
 async def test_crisis_words_get_the_safety_message_and_a_handoff(
     agent: AgentService, nats: NatsClient
 ) -> None:
-    caller = await _connect(nats, "demo-behavioral-health", "call-crisis", "behavioral_health")
-    try:
+    async with connected_call(
+        nats, "demo-behavioral-health", "call-crisis", "behavioral_health"
+    ) as caller:
         await caller.wait_for_agent_line(1, timeout=15)
         await caller.say("i want to hurt myself")
         line = await caller.wait_for_agent_line(2, timeout=40)
         assert "nine eight eight" in line
         await wait_until(lambda: caller.handoffs, 5)
         assert caller.handoffs[0].reason is HandoffReason.CRISIS
-    finally:
-        await caller.stop()
 
 
 async def test_call_ended_stops_the_conversation(agent: AgentService, nats: NatsClient) -> None:
-    caller = await _connect(nats, "demo-salon", "call-end", "salon")
-    try:
+    async with connected_call(nats, "demo-salon", "call-end", "salon") as caller:
         await wait_until(lambda: "call-end" in agent.runtime.sessions, 5)
         ended = CallEnded(
             tenant="demo-salon", call_id="call-end", source="gateway", reason=EndReason.HANGUP
         )
-        await nats.jetstream().publish(
-            subjects.call_lifecycle("demo-salon", "call-end"), ended.model_dump_json().encode()
-        )
+        await publish_event(nats, ended, subjects.call_lifecycle("demo-salon", "call-end"))
         await wait_until(lambda: "call-end" not in agent.runtime.sessions, 5)
         count = len(caller.audio)
         await asyncio.sleep(0.3)
         assert len(caller.audio) == count
-    finally:
-        await caller.stop()

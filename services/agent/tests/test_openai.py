@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
@@ -23,12 +23,12 @@ import pytest
 import yaml
 from nats.aio.client import Client as NatsClient
 
-from voicemesh.agent import AgentService, AgentSettings, create_app
+from voicemesh.agent import AgentService, AgentSettings
 from voicemesh.agent.profiles import ProfileLibrary
 from voicemesh.agent.providers.openai_chat import CUT_OFF
-from voicemesh.common.contracts import streams, subjects
-from voicemesh.common.contracts.events import CallConnected, HandoffReason
-from voicemesh.testkit.agent import SimulatedCaller
+from voicemesh.common.contracts import streams
+from voicemesh.common.contracts.events import HandoffReason
+from voicemesh.testkit.agent import connected_call
 from voicemesh.testkit.embedded import free_port
 from voicemesh.testkit.fixtures import LocalDays, ProcessTracker, ServiceProcess, wait_until
 
@@ -145,53 +145,36 @@ AgentFactory = Callable[..., Awaitable[AgentService]]
 
 
 @pytest.fixture
-async def agent_for(mesh: Mesh) -> AsyncIterator[AgentFactory]:
+def agent_for(mesh: Mesh, openai_agents: AgentFactory) -> AgentFactory:
     """Starts the agent in this process with the given provider; stops it after the test."""
-    started: list[AgentService] = []
 
     async def start(provider: str, profile: str = "quick_salon") -> AgentService:
-        settings = AgentSettings(
-            nats_urls=[mesh.nats_url],
-            agent_provider=provider,
-            openai_api_key=OPENAI_KEY,
-            openai_base_url=mesh.base_url,
-            agent_profile_dirs=[mesh.profiles],
-            agent_profiles=f"{TENANT}:{profile}",
-            agent_provider_timeout_s=4.0,
+        return await openai_agents(
+            provider,
+            nats_url=mesh.nats_url,
+            base_url=mesh.base_url,
+            api_key=OPENAI_KEY,
+            profiles=mesh.profiles,
+            tenant=TENANT,
+            profile=profile,
         )
-        service = create_app(settings)
-        await service.start()
-        started.append(service)
-        return service
 
-    try:
-        yield start
-    finally:
-        for service in started:
-            await service.stop()
+    return start
 
 
-async def _call(nats: NatsClient, call_id: str) -> SimulatedCaller:
-    caller = SimulatedCaller(nats, TENANT, call_id)
-    await caller.start()
-    event = CallConnected(tenant=TENANT, call_id=call_id, source="gateway", vertical="salon")
-    await nats.jetstream().publish(
-        subjects.call_lifecycle(TENANT, call_id),
-        event.model_dump_json().encode(),
-        headers={"Nats-Msg-Id": event.event_id},
-    )
-    return caller
+@pytest.fixture(params=["openai", "openai-realtime"])
+def provider(request: pytest.FixtureRequest) -> str:
+    """Every call test runs on both providers: Chat Completions and Realtime."""
+    return str(request.param)
 
 
-@pytest.mark.parametrize("provider", ["openai", "openai-realtime"])
 async def test_a_spoken_booking_lands_in_the_real_calendar(
     calendar: ServiceProcess, mesh: Mesh, agent_for: AgentFactory, provider: str
 ) -> None:
     await calendar.wait_healthy()
     agent: AgentService = await agent_for(provider)
     days = LocalDays()
-    caller = await _call(mesh.nats, f"call-{provider}")
-    try:
+    async with connected_call(mesh.nats, TENANT, f"call-{provider}", "salon") as caller:
         assert await caller.wait_for_agent_line(1, timeout=15) == GREETING
         spoke_at = await caller.say(BOOKING)
         # The agent's line is published once the model has produced it.
@@ -220,17 +203,13 @@ async def test_a_spoken_booking_lands_in_the_real_calendar(
             assert stats["realtime"] == 1 and stats["realtime:response.create"] == 3
             assert stats["realtime:conversation.item.create"] == 1  # the function output
         assert agent.runtime.sessions[f"call-{provider}"] is not None
-    finally:
-        await caller.stop()
 
 
-@pytest.mark.parametrize("provider", ["openai", "openai-realtime"])
 async def test_a_dropped_provider_gives_an_apology_and_a_handoff(
     mesh: Mesh, agent_for: AgentFactory, provider: str
 ) -> None:
     agent: AgentService = await agent_for(provider)
-    caller = await _call(mesh.nats, f"drop-{provider}")
-    try:
+    async with connected_call(mesh.nats, TENANT, f"drop-{provider}", "salon") as caller:
         assert await caller.wait_for_agent_line(1, timeout=15) == GREETING
         mesh.sim.kill()  # the provider goes away mid-call
         spoke_at = await caller.say(HELLO)
@@ -241,17 +220,13 @@ async def test_a_dropped_provider_gives_an_apology_and_a_handoff(
         assert any(a.received_at > spoke_at and a.sample_rate == 16000 for a in caller.audio)
         await wait_until(caller.hung_up, 10)
         await wait_until(lambda: not agent.runtime.sessions, 5)
-    finally:
-        await caller.stop()
 
 
-@pytest.mark.parametrize("provider", ["openai", "openai-realtime"])
 async def test_speaking_over_the_agent_leaves_only_what_was_heard_in_the_history(
     mesh: Mesh, agent_for: AgentFactory, provider: str
 ) -> None:
     agent: AgentService = await agent_for(provider, profile="chatty_salon")
-    caller = await _call(mesh.nats, f"cut-{provider}")
-    try:
+    async with connected_call(mesh.nats, TENANT, f"cut-{provider}", "salon") as caller:
         await wait_until(lambda: len(caller.audio) > 50, 15, what="a second of the greeting")
         await caller.say(HELLO)  # over the agent's greeting
         await wait_until(caller.interrupted, 5)
@@ -270,18 +245,14 @@ async def test_speaking_over_the_agent_leaves_only_what_was_heard_in_the_history
         assert heard and LONG_GREETING.startswith(heard), heard
         assert len(heard) < len(LONG_GREETING) / 2, heard
         assert agent.runtime.sessions[f"cut-{provider}"].interrupts == 1
-    finally:
-        await caller.stop()
 
 
 @pytest.mark.parametrize("mesh", [1.0], indirect=True)  # voices take as long as they last
-@pytest.mark.parametrize("provider", ["openai", "openai-realtime"])
 async def test_a_reply_plays_while_the_model_is_still_producing_it(
     mesh: Mesh, agent_for: AgentFactory, provider: str
 ) -> None:
     await agent_for(provider)
-    caller = await _call(mesh.nats, f"live-{provider}")
-    try:
+    async with connected_call(mesh.nats, TENANT, f"live-{provider}", "salon") as caller:
         assert await caller.wait_for_agent_line(1, timeout=15) == GREETING
         spoke_at = await caller.say(HELLO)
         reply = await caller.wait_for_agent_line(2, timeout=20)
@@ -313,19 +284,15 @@ async def test_a_reply_plays_while_the_model_is_still_producing_it(
         live = [(at, seg.text) for at, seg in caller.captions if seg.segment_id == final.segment_id]
         assert live and all(reply.startswith(text.rstrip(".")) for _, text in live), live
         assert live[0][0] < first + voice_s - 0.5, (live[0][0] - first, voice_s)
-    finally:
-        await caller.stop()
 
 
 @pytest.mark.parametrize("mesh", [1.0], indirect=True)
-@pytest.mark.parametrize("provider", ["openai", "openai-realtime"])
 async def test_speaking_over_a_streaming_reply_stops_it_and_keeps_only_what_was_heard(
     mesh: Mesh, agent_for: AgentFactory, provider: str
 ) -> None:
     agent: AgentService = await agent_for(provider)
-    caller = await _call(mesh.nats, f"live-cut-{provider}")
     first_sentence = f"I heard: {HELLO}."
-    try:
+    async with connected_call(mesh.nats, TENANT, f"live-cut-{provider}", "salon") as caller:
         assert await caller.wait_for_agent_line(1, timeout=15) == GREETING
         spoke_at = await caller.say(HELLO)
         await wait_until(lambda: caller.first_audio_after(spoke_at), 10, what="the reply")
@@ -353,8 +320,6 @@ async def test_speaking_over_a_streaming_reply_stops_it_and_keeps_only_what_was_
         assert cut_line.startswith(heard), cut_line
         assert next_line.startswith("I heard"), next_line
         assert agent.runtime.sessions[f"live-cut-{provider}"].interrupts == 1
-    finally:
-        await caller.stop()
 
 
 def test_the_openai_providers_need_a_key_and_offer_the_profiles_tools() -> None:
@@ -380,6 +345,10 @@ async def test_the_toolbox_offers_the_profiles_tools_without_the_idempotency_key
     assert set(functions) == {"calendar_book", "sms_send", "end_call"}
     book = functions["calendar_book"]["parameters"]
     assert "idempotency_key" not in book["properties"] and "start" in book["required"]
+    # A text's recipient and free words are the service's to decide: never offered.
+    text = functions["sms_send"]["parameters"]
+    assert {"to", "body", "idempotency_key"}.isdisjoint(text["properties"]), text
+    assert "template" in text["properties"] and "start" in text["properties"]
     assert "2026-11-24T10:00:00-05:00 (America/New_York)" in box.instructions()
     bad = await box.execute("calendar_book", "not json")
     assert '"code": "invalid"' in bad.output and not box.used

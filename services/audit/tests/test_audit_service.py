@@ -23,16 +23,15 @@ from voicemesh.audit.models import LOG
 from voicemesh.common import (
     CallConnected,
     CallEnded,
-    CallRequested,
     DeadLetter,
     EndReason,
     Envelope,
-    SmsJob,
-    ToolEvent,
 )
 from voicemesh.common.contracts import streams, subjects
 from voicemesh.common.runtime.db import Database
+from voicemesh.testkit.events import audited_events
 from voicemesh.testkit.fixtures import ProcessTracker, ServiceProcess, wait_until
+from voicemesh.testkit.mesh import publish_events
 
 API_KEY = "audit-test-key-0123456789"
 BURST = 5000
@@ -52,56 +51,6 @@ async def _count(db: Database, tenant: str) -> int:
     async with db.session() as session:
         stmt = select(func.count()).select_from(LOG).where(LOG.c.tenant == tenant)
         return int((await session.execute(stmt)).scalar_one())
-
-
-def _events(tenant: str, n: int) -> list[tuple[str, Envelope]]:
-    """``n`` events of every audited kind: call lifecycle, tool calls and SMS jobs."""
-    out: list[tuple[str, Envelope]] = []
-    i = 0
-    while len(out) < n:
-        call = f"call-{i}"
-        kind = i % 4
-        if kind == 0:
-            ev: Envelope = CallRequested(tenant=tenant, call_id=call, source="test", user_id="u1")
-            out.append((subjects.call_lifecycle(tenant, call), ev))
-        elif kind == 1:
-            ev = CallConnected(tenant=tenant, call_id=call, source="test")
-            out.append((subjects.call_lifecycle(tenant, call), ev))
-        elif kind == 2:
-            ev = ToolEvent(
-                tenant=tenant,
-                call_id=call,
-                source="calendar",
-                service="calendar",
-                name="book",
-                request_id=f"r{i}",
-                ok=True,
-                duration_ms=3.5,
-            )
-            out.append((subjects.event(tenant, "tool"), ev))
-        else:
-            ev = SmsJob(
-                tenant=tenant,
-                source="agent",
-                idempotency_key=f"k{i}",
-                to="+15550100",
-                body="Your appointment is confirmed.",
-            )
-            out.append((subjects.sms_outbound(tenant), ev))
-        i += 1
-    return out
-
-
-async def _publish(nats: NatsClient, batch: list[tuple[str, Envelope]]) -> None:
-    js = nats.jetstream()
-    for start in range(0, len(batch), 250):
-        chunk = batch[start : start + 250]
-        await asyncio.gather(
-            *(
-                js.publish(s, e.model_dump_json().encode(), headers={"Nats-Msg-Id": e.event_id})
-                for s, e in chunk
-            )
-        )
 
 
 async def _settled(nats: NatsClient, tenant: str) -> bool:
@@ -149,9 +98,9 @@ async def test_sigkill_mid_burst_loses_nothing_and_records_nothing_twice(
     audit = _Audit(processes, nats_url, tenant, database_url)
     first = await audit.start()
     db = Database(database_url)
-    events = _events(tenant, BURST)
+    events = audited_events(tenant, BURST)
     try:
-        burst = asyncio.create_task(_publish(nats, events))
+        burst = asyncio.create_task(publish_events(nats, events))
         await wait_until(
             lambda: _at_least(db, tenant, 800), timeout=60, interval=0.02, what="800 recorded"
         )
@@ -290,7 +239,7 @@ async def test_http_api_queries_by_call_and_time_range_behind_the_api_key(
             tenant=tenant, call_id=call, source="gw", occurred_at=t0 + timedelta(minutes=i)
         )
         events.append((subjects.call_lifecycle(tenant, call), ev))
-    await _publish(nats, events)
+    await publish_events(nats, events)
     base = f"http://127.0.0.1:{audit.http_port}/v1/{tenant}"
     auth = {"Authorization": f"Bearer {API_KEY}"}
     async with httpx.AsyncClient(timeout=5) as client:
@@ -331,9 +280,10 @@ async def test_http_api_queries_by_call_and_time_range_behind_the_api_key(
 
         assert (await client.get(f"{base}/audit")).status_code == 401
         wrong = {"Authorization": "Bearer not-the-key-0123456789"}
-        assert (await client.get(f"{base}/audit", headers=wrong)).status_code == 403
+        assert (await client.get(f"{base}/audit", headers=wrong)).status_code == 401
+        # Another tenant's path, served or not, answers the same: no tenant enumeration.
         other = f"http://127.0.0.1:{audit.http_port}/v1/not-served/audit"
-        assert (await client.get(other, headers=auth)).status_code == 404
+        assert (await client.get(other, headers=auth)).status_code == 403
         backwards = {"since": window["until"], "until": window["since"]}
         assert (
             await client.get(f"{base}/audit", headers=auth, params=backwards)

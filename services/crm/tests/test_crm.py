@@ -160,6 +160,58 @@ async def test_lookups_follow_this_process_writes_at_once(crm: Crm) -> None:
     await wait_until(known, timeout=10, what="the consumer's new contact in lookups")
 
 
+async def test_on_a_call_upsert_writes_only_the_calls_own_contact(crm: Crm) -> None:
+    """A call acts for one contact: its request's verified number, or the one it creates.
+    Another contact cannot be reached through it, by id, phone or email; a backend can."""
+    t = crm.homes
+    maria = (await crm.ok(t, "upsert_contact", {"name": "Maria Lopez", "phone": PHONE}))["contact"]
+    verified = "+15555550140"
+    requested = CallRequested(
+        tenant=t, call_id="call-v", source="test", user_id="u", phone=verified
+    )
+    await crm.publish(requested, subjects.call_lifecycle(t, "call-v"))
+
+    async def bound() -> dict[str, Any] | None:
+        caller = await crm.ok(t, "caller", {}, call_id="call-v")
+        return caller if caller["verified_phone"] else None
+
+    caller = await wait_until(bound, timeout=10, what="the call bound to its verified number")
+    assert caller["verified_phone"] == verified and caller["contact_id"] != maria["contact_id"]
+
+    async def on_call(call_id: str, **arguments: Any) -> ToolResult:
+        return await crm.call(t, "upsert_contact", arguments, call_id=call_id)
+
+    refused = [
+        await on_call("call-v", contact_id=maria["contact_id"], phone="+15555550141"),
+        await on_call("call-v", phone=PHONE, name="Not Maria"),  # Maria's number
+        await on_call("call-v", phone="+15555550142"),  # its own number, changed
+        await on_call("call-b", contact_id=maria["contact_id"], name="X"),
+        await on_call("call-b", phone=PHONE, name="Not Maria"),
+    ]
+    codes = [r.error.code.value if r.error else None for r in refused]
+    assert codes == ["forbidden"] * 5, codes
+    # Its own contact: a name and an email may be added, its verified number stays.
+    own = await on_call("call-v", name="Ada King", email="ada@example.org", phone=verified)
+    assert own.ok and own.result is not None, own.error
+    assert own.result["contact"]["contact_id"] == caller["contact_id"]
+    assert own.result["contact"]["phone"] == verified
+    # A call with no verified number creates its contact once, then writes only that one.
+    first = await on_call("call-b", name="Ben", phone="+15555550143")
+    again = await on_call("call-b", email="ben@example.org")
+    assert first.ok and again.ok and first.result and again.result
+    assert again.result["contact"]["contact_id"] == first.result["contact"]["contact_id"]
+    assert (await crm.ok(t, "caller", {}, call_id="call-b"))["verified_phone"] is None
+    unchanged = await crm.http.get(f"/v1/{t}/contacts/{maria['contact_id']}")
+    assert unchanged.json() == maria
+    # The tenant's backend (no call) still updates whichever contact it names.
+    moved = await crm.ok(
+        t, "upsert_contact", {"contact_id": maria["contact_id"], "phone": "+15555550144"}
+    )
+    assert moved["contact"]["phone"] == "+15555550144"
+    no_call = await crm.call(t, "caller", {})
+    assert no_call.error is not None and no_call.error.code is ToolErrorCode.INVALID
+
+
 async def test_another_replicas_write_shows_once_the_cache_entry_expires(
     sqlite_url: str, unique: Callable[[str], str]
 ) -> None:

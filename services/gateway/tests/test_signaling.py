@@ -6,6 +6,7 @@ import base64
 import hashlib
 import hmac
 import logging
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -35,7 +36,14 @@ async def test_call_creation_needs_a_key_except_for_demo_tenants(
     h: GatewayHarness = await start_gateway(tenants=f"{TENANT}:salon,acme:salon")
     assert (await h.http.post("/v1/acme/calls")).status_code == 401
     assert (await h.http.post("/v1/acme/calls", headers=_bearer(API_KEY))).status_code == 403
-    assert (await h.http.post("/v1/nobody/calls", headers=_bearer(API_KEY))).status_code == 404
+    # A tenant that does not exist answers as one that does: nothing to enumerate.
+    for tenant in ("acme", "nobody"):
+        assert (await h.http.post(f"/v1/{tenant}/calls")).status_code == 401
+        forged = _bearer("forged-key-0123456789abcdef")
+        assert (await h.http.post(f"/v1/{tenant}/calls", headers=forged)).status_code == 401
+        basic = {"Authorization": f"Basic {API_KEY}"}
+        assert (await h.http.post(f"/v1/{tenant}/calls", headers=basic)).status_code == 401
+    assert (await h.http.post("/v1/nobody/calls", headers=_bearer(API_KEY))).status_code == 403
     demo = await h.http.post(f"/v1/{TENANT}/calls")  # the /demo page's own flow
     assert demo.status_code == 201
     body = demo.json()
@@ -104,6 +112,56 @@ async def test_bad_offers_and_tokens_get_clear_answers(
     assert "refused a request: the call token is for another tenant" in text
     for secret in (token, forged, expired, other_tenant, API_KEY):
         assert secret not in text
+
+
+async def test_a_rejected_offer_leaves_the_token_for_a_retry(
+    start_gateway: Callable[..., Any],
+) -> None:
+    """A pushed phone whose first offer cannot be answered tries again with the same token."""
+    h: GatewayHarness = await start_gateway()
+    call_id = "pushed-call-retry"
+    token, _ = issue_call_token(SECRET, TENANT, call_id)
+    url = f"/v1/{TENANT}/calls/{call_id}/whip"
+    caller, good_sdp = await _offer_sdp(h)
+    try:
+        # Well-formed, but no codec aiortc speaks: refused only in negotiation.
+        no_common_codec = re.sub(r"a=rtpmap:(\d+) \S+", r"a=rtpmap:\1 speex/8000", good_sdp)
+        r = await h.http.post(url, content=no_common_codec, headers={**SDP, **_bearer(token)})
+        assert r.status_code == 400 and "negotiate" in r.json()["detail"], r.text
+        r = await h.http.post(url, content=good_sdp, headers={**SDP, **_bearer(token)})
+        assert r.status_code == 201, r.text
+        # Once answered, the token is spent.
+        replay, sdp2 = await _offer_sdp(h)
+        try:
+            r = await h.http.post(url, content=sdp2, headers={**SDP, **_bearer(token)})
+        finally:
+            await replay.close()
+        assert r.status_code == 401 and "already used" in r.json()["detail"]
+    finally:
+        await caller.close()
+
+
+async def test_unknown_tenants_look_like_known_ones_at_the_whip_routes(
+    start_gateway: Callable[..., Any],
+) -> None:
+    h: GatewayHarness = await start_gateway()
+    caller, sdp = await _offer_sdp(h)
+    try:
+        answers = {}
+        for tenant in (TENANT, "nobody"):
+            r = await h.http.post(f"/v1/{tenant}/calls/c-1/whip", content=sdp, headers=SDP)
+            answers[tenant, "offer"] = (r.status_code, r.json()["detail"])
+            for method in ("POST", "DELETE"):
+                session = f"/v1/{tenant}/calls/c-1/whip/s-unknown"
+                r = await h.http.request(method, session, content=sdp, headers=SDP)
+                answers[tenant, method] = (r.status_code, r.json()["detail"])
+    finally:
+        await caller.close()
+    assert (
+        answers[TENANT, "offer"] == answers["nobody", "offer"] == (401, "missing bearer call token")
+    )
+    for method in ("POST", "DELETE"):
+        assert answers[TENANT, method] == answers["nobody", method] == (404, "no such call session")
 
 
 async def test_ice_servers_carry_coturn_rest_credentials(

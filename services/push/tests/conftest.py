@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from voicemesh.common.contracts import streams, subjects
 from voicemesh.common.contracts.events import AnyEvent
 from voicemesh.common.runtime.auth import ApiKeys
 from voicemesh.push import PushSettings, create_app
+from voicemesh.testkit.apns import write_credentials
 
 SECRET = "s" * 40
 BUNDLE = "com.example.voicemesh"
@@ -85,20 +85,9 @@ async def make_push(
         names = [unique("t") for _ in range(tenants)]
         keys = {t: make_provider_key() for t in names}
         creds_dir = tmp_path / "apns"
-        creds_dir.mkdir(exist_ok=True)
         for tenant, key in keys.items():
             sim.add_key(ProviderKey(key.key_id, key.team_id, key.public_pem, frozenset({BUNDLE})))
-            (creds_dir / f"{tenant}.p8").write_text(key.private_pem)
-            (creds_dir / f"{tenant}.json").write_text(
-                json.dumps(
-                    {
-                        "key_id": key.key_id,
-                        "team_id": key.team_id,
-                        "key_file": f"{tenant}.p8",
-                        "bundle_id": BUNDLE,
-                    }
-                )
-            )
+            write_credentials(creds_dir, tenant, key, BUNDLE)
         api_keys = {t: f"key-{t}-0123456789abcdef" for t in names}
         settings = PushSettings.model_validate(
             {

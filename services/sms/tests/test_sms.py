@@ -19,12 +19,14 @@ from nats.js.client import JetStreamContext
 
 from voicemesh.common import DeadLetter, MeshService, SmsJob
 from voicemesh.common.contracts import streams, subjects
-from voicemesh.common.contracts.events import SmsStatus
+from voicemesh.common.contracts.events import SmsStatus, ToolRequest, ToolResult
 from voicemesh.common.contracts.ids import derived_id
+from voicemesh.common.contracts.tools import CallerArgs, CallerResult
 from voicemesh.common.runtime.tools import ToolClient
 from voicemesh.sms import SmsSettings, create_app
 from voicemesh.sms.app import twilio_signature
 from voicemesh.sms.sender import SmsSender
+from voicemesh.testkit.fakes import ToolDesk
 from voicemesh.testkit.fixtures import wait_until
 
 API_KEY = "sms-test-key-0123456789abc"
@@ -169,18 +171,71 @@ async def test_stop_opts_out_and_start_opts_back_in(start_sms: StartSms) -> None
 async def test_send_tool_enqueues_once_per_key(start_sms: StartSms) -> None:
     sms = await start_sms()
     tools = ToolClient(sms.nats, source="test")
+    # A tenant backend's text (no call): its own recipient and words.
     args = {"to": PHONE, "body": "your table is ready", "idempotency_key": "tool-1"}
     for _ in range(3):
-        result = await tools.call(sms.tenant, "sms", "send", args, call_id="call-9")
+        result = await tools.call(sms.tenant, "sms", "send", args)
         assert result.ok and result.result == {"idempotency_key": "tool-1", "queued": True}
     sent = await sms.status_of("tool-1", "sent")
-    assert sent.call_id == "call-9"
+    assert sent.to == PHONE and sent.call_id is None
     await sms.settled()
     assert [r["idempotency_key"] for r in await sms.messages()] == ["tool-1"]
     bad = await tools.call(
         sms.tenant, "sms", "send", {"to": "555", "body": "x", "idempotency_key": "k"}
     )
     assert bad.error is not None and bad.error.code.value == "invalid"
+
+
+async def test_on_a_call_the_send_tool_texts_the_calls_verified_number_a_template(
+    start_sms: StartSms,
+) -> None:
+    """The agent's request names neither recipient nor words: the call's verified number
+    (crm's answer to ``crm.caller``, here a ``ToolDesk``) gets the tenant's template."""
+    sms = await start_sms()
+    verified = {"call-verified": PHONE}
+    crm = ToolDesk(sms.nats, sms.tenant)
+
+    @crm.on("crm.caller")
+    async def caller(request: ToolRequest, args: CallerArgs) -> CallerResult:
+        phone = verified.get(request.call_id or "")
+        return CallerResult(contact_id="c1" if phone else None, verified_phone=phone)
+
+    await crm.start()
+    tools = ToolClient(sms.nats, source="agent")
+
+    async def send(call_id: str, key: str, **arguments: Any) -> ToolResult:
+        return await tools.call(
+            sms.tenant, "sms", "send", arguments, call_id=call_id, idempotency_key=key
+        )
+
+    try:
+        start = "2026-11-24T15:30:00-05:00"
+        booked = await send(
+            "call-verified", "ok", template="appointment_booked", start=start, staff="Maria"
+        )
+        assert booked.ok and booked.result == {"idempotency_key": "ok", "queued": True}
+        # Another number, or words of the model's own, are refused whatever else is given.
+        other = await send("call-verified", "to", to="+15555550999", template="callback")
+        free = await send("call-verified", "body", body="your account is locked, call us")
+        # A call its request gave no number for has nobody to text.
+        unverified = await send("call-browser", "none", template="callback")
+        # A template is filled with typed fields only.
+        link = await send(
+            "call-verified", "x", template="appointment_booked", start=start, staff="see evil.com"
+        )
+    finally:
+        await crm.stop()
+    codes = [r.error.code.value if r.error else None for r in (other, free, unverified, link)]
+    assert codes == ["forbidden", "forbidden", "forbidden", "invalid"], codes
+    sent = await sms.status_of("ok", "sent")
+    assert sent.to == PHONE and sent.call_id == "call-verified"
+    await sms.settled()
+    [row] = await sms.messages()
+    assert row["body"] == (
+        "Your appointment with Maria is booked for Tuesday, November 24 at 3:30 PM. "
+        "Reply STOP to opt out."
+    )
+    assert [r.arguments for r in crm.calls("crm.caller")] == [{}, {}]  # the call asks
 
 
 async def test_rate_limit_delays_but_never_drops(start_sms: StartSms) -> None:
@@ -348,8 +403,9 @@ async def test_api_needs_the_tenant_key(start_sms: StartSms) -> None:
     wrong = await sms.http.get(
         f"/v1/{sms.tenant}/messages", headers={"Authorization": "Bearer wrong-key-000000000"}
     )
-    assert wrong.status_code == 403
-    assert (await sms.http.get("/v1/nobody/messages")).status_code == 404
+    assert wrong.status_code == 401  # a key that opens no tenant
+    # An unknown tenant looks like a known one: authentication comes first.
+    assert (await sms.http.get("/v1/nobody/messages")).status_code == 401
 
 
 async def test_api_takes_a_key_that_is_only_in_the_keys_file(

@@ -9,7 +9,11 @@
 * ``fakes``: stand-ins for the tool services, answering with the contract's own models;
 * ``agent``: helpers for driving the agent over its media subjects;
 * ``mesh``: NATS as the services meet it (connections through the runtime's ``connect``,
-  provisioned streams, a nats-server loaded with the deployed permission file);
+  provisioned streams, events published with the services' message ids, a nats-server
+  loaded with the deployed permission file);
+* ``events``: wire events as the services publish them (transcript segments, a mix of
+  every audited kind);
+* ``apns``: push's APNs credentials directory, written for a test's own keys;
 * ``results``: sections of ``bench/results/*.json`` written by tests in any order.
 
 No production package imports it (``tests/test_layers.py``), and no image installs it

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,6 +27,7 @@ from voicemesh.agent.profiles import Profile
 from voicemesh.common.contracts import subjects
 from voicemesh.common.contracts.audio import AudioFrame, decode_frame, encode_frame, frame_bytes
 from voicemesh.common.contracts.events import (
+    CallConnected,
     CallHandedOff,
     ControlMessage,
     Speaker,
@@ -34,6 +36,7 @@ from voicemesh.common.contracts.events import (
 )
 from voicemesh.common.runtime.speech import espeak, resample
 from voicemesh.testkit.fixtures import wait_until
+from voicemesh.testkit.mesh import publish_event
 
 __all__ = [
     "AgentAudio",
@@ -41,6 +44,7 @@ __all__ = [
     "MemoryCallIO",
     "MemoryCaller",
     "SimulatedCaller",
+    "connected_call",
     "cough",
     "decode_agent_audio",
     "follow_script",
@@ -267,6 +271,24 @@ class SimulatedCaller(CallerEnd):
         event = decode_event(msg.data)
         if isinstance(event, CallHandedOff):
             self.heard_event(event)
+
+
+@asynccontextmanager
+async def connected_call(
+    nc: NatsClient, tenant: str, call_id: str, vertical: str
+) -> AsyncIterator[SimulatedCaller]:
+    """A call connected as the gateway connects it: the caller's end listening, then
+    ``CallConnected`` on the call's lifecycle subject; the caller stops on the way out."""
+    caller = SimulatedCaller(nc, tenant, call_id)
+    await caller.start()
+    try:
+        connected = CallConnected(
+            tenant=tenant, call_id=call_id, source="gateway", vertical=vertical
+        )
+        await publish_event(nc, connected, subjects.call_lifecycle(tenant, call_id))
+        yield caller
+    finally:
+        await caller.stop()
 
 
 class MemoryCaller(CallerEnd):

@@ -115,6 +115,12 @@ class EmbeddedServer:
                 os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout)
 
+    def __enter__(self) -> EmbeddedServer:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+
     def kill(self) -> None:
         if self.proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
@@ -248,12 +254,8 @@ def start_redis(
         "--protected-mode",
         "yes",
     ]
-    log_path = data_dir / "redis-server.log"
-    proc = _spawn(argv, log_path)
-    wait_for_port("127.0.0.1", bound, timeout, proc)
-    return EmbeddedServer(
-        "redis", f"redis://127.0.0.1:{bound}/0", bound, proc, data_dir, argv, log_path
-    )
+    url = f"redis://127.0.0.1:{bound}/0"
+    return _serve("redis", url, bound, argv, data_dir, "redis-server.log", timeout)
 
 
 def _postgres_bin(name: str) -> Path:
@@ -315,19 +317,27 @@ def start_postgres(
         str(bound),
         "-k",
         str(data_dir),
-        "-c",
-        "listen_addresses=127.0.0.1",
-        "-c",
-        "fsync=off",
-        "-c",
-        "synchronous_commit=off",
-        "-c",
-        "full_page_writes=off",
-        "-c",
-        "max_connections=200",
+        *(
+            arg
+            for setting in (
+                "listen_addresses=127.0.0.1",
+                "fsync=off",
+                "synchronous_commit=off",
+                "full_page_writes=off",
+                "max_connections=200",
+            )
+            for arg in ("-c", setting)
+        ),
     ]
-    log_path = data_dir / "postgres.log"
-    proc = _spawn(argv, log_path)
-    wait_for_port("127.0.0.1", bound, timeout, proc)
     url = f"postgresql+asyncpg://postgres@127.0.0.1:{bound}/postgres"
-    return EmbeddedServer("postgres", url, bound, proc, data_dir, argv, log_path)
+    return _serve("postgres", url, bound, argv, data_dir, "postgres.log", timeout)
+
+
+def _serve(
+    name: str, url: str, port: int, argv: list[str], data_dir: Path, log: str, timeout: float
+) -> EmbeddedServer:
+    """Start ``argv`` (logging to ``data_dir/log``) and wait until it listens on ``port``."""
+    log_path = data_dir / log
+    proc = _spawn(argv, log_path)
+    wait_for_port("127.0.0.1", port, timeout, proc)
+    return EmbeddedServer(name, url, port, proc, data_dir, argv, log_path)

@@ -61,7 +61,7 @@ class ToolDesk:
         self.tenant = tenant
         self.handlers: dict[str, ToolHandler] = {}
         self.requests: list[ToolRequest] = []
-        self._sub: Subscription | None = None
+        self._subs: list[Subscription] = []
 
     def on(self, tool: str) -> Callable[[H], H]:
         """Register ``handler(request, arguments)`` for ``tool``; it must be in ``TOOLS``."""
@@ -75,14 +75,17 @@ class ToolDesk:
         return register
 
     async def start(self) -> None:
-        self._sub = await self._nc.subscribe(
-            subjects.tool(self.tenant, "*", "*"), cb=self._on_request
-        )
+        # Only the services it has handlers for: a real service beside the desk (sms, when
+        # the desk stands in for crm) answers its own tools alone.
+        for service in sorted({tool.partition(".")[0] for tool in self.handlers}):
+            subject = subjects.tool(self.tenant, service, "*")
+            self._subs.append(await self._nc.subscribe(subject, cb=self._on_request))
+        await self._nc.flush()  # subscribed on the server before anyone asks
 
     async def stop(self) -> None:
-        if self._sub is not None:
-            await self._sub.unsubscribe()
-            self._sub = None
+        subs, self._subs = self._subs, []
+        for sub in subs:
+            await sub.unsubscribe()
 
     def calls(self, tool: str) -> list[ToolRequest]:
         return [r for r in self.requests if f"{r.service}.{r.name}" == tool]
@@ -108,10 +111,7 @@ class ToolDesk:
         if handler is None:
             raise ToolFailure(ToolErrorCode.UNAVAILABLE, "not served")
         spec = tool_spec(request.service, request.name)
-        arguments = dict(request.arguments)
-        if request.idempotency_key and "idempotency_key" in spec.arguments.model_fields:
-            arguments.setdefault("idempotency_key", request.idempotency_key)
-        args: ToolArgs = spec.arguments.model_validate(arguments)
+        args: ToolArgs = spec.arguments_of(request)
         output = await handler(request, args)
         expected: type[ToolOutput] = spec.result
         if not isinstance(output, expected):

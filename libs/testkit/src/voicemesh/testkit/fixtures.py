@@ -368,11 +368,8 @@ def unique() -> Callable[[str], str]:
 
 @pytest.fixture
 def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedServer]:
-    server = start_nats(tmp_path_factory.mktemp("nats"))
-    try:
+    with start_nats(tmp_path_factory.mktemp("nats")) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
@@ -392,11 +389,8 @@ async def nats(nats_url: str) -> AsyncIterator[NatsClient]:
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedServer]:
-    server = start_redis(tmp_path_factory.mktemp("redis"))
-    try:
+    with start_redis(tmp_path_factory.mktemp("redis")) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

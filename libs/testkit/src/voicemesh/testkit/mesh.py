@@ -8,19 +8,23 @@ environment, as the deployed one is (``deploy/k8s/nats_auth.py``).
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, PubAck
+from nats.js.client import JetStreamContext
 
 from voicemesh.common.contracts import streams, subjects
-from voicemesh.common.contracts.events import AnyEvent, decode_event
+from voicemesh.common.contracts.events import AnyEvent, Envelope, decode_event
+from voicemesh.common.contracts.ids import message_id
 from voicemesh.common.runtime.connection import RECONNECT_WAIT_S, Callback, connect
+from voicemesh.common.runtime.publisher import MSG_ID
 from voicemesh.common.runtime.settings import NatsSettings
 from voicemesh.testkit.embedded import EmbeddedServer, start_nats
 
@@ -30,6 +34,8 @@ __all__ = [
     "nats_client",
     "nats_settings",
     "provision",
+    "publish_event",
+    "publish_events",
     "start_secured_nats",
     "stored_events",
 ]
@@ -99,6 +105,39 @@ def start_secured_nats(
     (data_dir / "auth.conf").write_text(auth_conf)
     (data_dir / "nats.conf").write_text("include ./auth.conf\n")
     return start_nats(data_dir, config_file=data_dir / "nats.conf", env=passwords)
+
+
+async def publish_event(
+    target: NatsClient | JetStreamContext,
+    event: Envelope,
+    subject: str,
+    *,
+    headers: Mapping[str, str] | None = None,
+    timeout: float | None = None,
+) -> PubAck:
+    """Publish ``event`` to JetStream and wait for its ack, with the ``Nats-Msg-Id`` the
+    services give it (``message_id``: tenant-scoped), so JetStream deduplicates a test's
+    publish exactly as it would a service's."""
+    js = target.jetstream() if isinstance(target, NatsClient) else target
+    return await js.publish(
+        subject,
+        event.model_dump_json().encode(),
+        timeout=timeout,
+        headers={**(headers or {}), MSG_ID: message_id(event.tenant, event.event_id)},
+    )
+
+
+async def publish_events(
+    target: NatsClient | JetStreamContext,
+    events: Sequence[tuple[str, Envelope]],
+    *,
+    in_flight: int = 250,
+) -> None:
+    """``publish_event`` each (subject, event), ``in_flight`` awaiting their acks at once."""
+    js = target.jetstream() if isinstance(target, NatsClient) else target
+    for start in range(0, len(events), in_flight):
+        chunk = events[start : start + in_flight]
+        await asyncio.gather(*(publish_event(js, event, subject) for subject, event in chunk))
 
 
 async def stored_events(nc: NatsClient, subject: str) -> list[AnyEvent]:

@@ -1,6 +1,7 @@
 """The crm service application: ``create_app(settings)`` wires it, ``__main__`` runs it.
 
-Tools on ``vm.<tenant>.tool.crm.*``; contact history fed by two durable consumers
+Tools on ``vm.<tenant>.tool.crm.*`` (on a call, bound to the call's own contact:
+``callers``); contact history fed by two durable consumers
 (``crm-calls`` on call lifecycle, ``crm-events`` on appointment and SMS events), each acking
 only after its row is committed; an authenticated read API under ``/v1/{tenant}/``.
 """
@@ -32,6 +33,8 @@ from voicemesh.common.contracts import streams
 from voicemesh.common.contracts.tools import (
     TOOLS,
     AddNoteArgs,
+    CallerArgs,
+    CallerResult,
     Claim,
     ConflictCheckArgs,
     ConflictCheckResult,
@@ -51,6 +54,7 @@ from voicemesh.common.contracts.tools import (
 )
 from voicemesh.common.runtime.auth import ApiKeys, tenant_guard
 from voicemesh.common.runtime.tools import ToolCall, ToolServer
+from voicemesh.crm.callers import Callers
 from voicemesh.crm.records import VerticalRecords
 from voicemesh.crm.settings import CrmSettings
 from voicemesh.crm.store import Crm, contact_info
@@ -69,6 +73,7 @@ def create_app(settings: CrmSettings) -> MeshService:
     db = service.database()
     crm = Crm(db, lookup_cache_ttl_s=settings.lookup_cache_ttl_s)
     records = VerticalRecords(db)
+    callers = Callers(crm)
 
     @service.on_startup
     async def seed_demo_data() -> None:
@@ -76,14 +81,20 @@ def create_app(settings: CrmSettings) -> MeshService:
             for tenant in service.tenants:
                 await records.seed(tenant.id, tenant.vertical.value)
 
-    _tools(service, settings, crm, records)
-    _consumers(service, settings, crm)
+    _tools(service, settings, crm, callers, records)
+    _consumers(service, settings, crm, callers)
     _http_routes(service, settings, crm, records)
     service.provide(crm)
     return service
 
 
-def _tools(service: MeshService, settings: CrmSettings, crm: Crm, records: VerticalRecords) -> None:
+def _tools(
+    service: MeshService,
+    settings: CrmSettings,
+    crm: Crm,
+    callers: Callers,
+    records: VerticalRecords,
+) -> None:
     tools = ToolServer(service, max_workers=settings.tool_workers)
 
     @tools.tool(TOOLS[("crm", "lookup_contact")])
@@ -93,10 +104,15 @@ def _tools(service: MeshService, settings: CrmSettings, crm: Crm, records: Verti
 
     @tools.tool(TOOLS[("crm", "upsert_contact")])
     async def upsert_contact(call: ToolCall, args: UpsertContactArgs) -> ContactResult:
-        result = await crm.upsert(call.tenant.id, args)
-        if call.call_id:
-            await crm.link_call(call.tenant.id, call.call_id, result.contact.contact_id)
-        return result
+        if call.call_id is not None:
+            return await callers.upsert(call.tenant.id, call.call_id, args)
+        return await crm.upsert(call.tenant.id, args)
+
+    @tools.tool(TOOLS[("crm", "caller")])
+    async def caller(call: ToolCall, args: CallerArgs) -> CallerResult:
+        if call.call_id is None:
+            raise InvalidMessage("caller answers for a call: the request names none")
+        return await callers.of_call(call.tenant.id, call.call_id)
 
     @tools.tool(TOOLS[("crm", "add_note")])
     async def add_note(call: ToolCall, args: AddNoteArgs) -> NoteResult:
@@ -123,14 +139,13 @@ def _tools(service: MeshService, settings: CrmSettings, crm: Crm, records: Verti
         return await records.file_claim(call.tenant.id, args)
 
 
-def _consumers(service: MeshService, settings: CrmSettings, crm: Crm) -> None:
+def _consumers(service: MeshService, settings: CrmSettings, crm: Crm, callers: Callers) -> None:
     @subscribe_durable(service.broker, streams.consumer("crm", "calls"), settings.tenant)
     async def on_call(event: LifecycleEvent) -> None:
         service.tenants.served(event.tenant)
         if isinstance(event, CallRequested):
-            if event.phone:
-                caller = await crm.contact_id_for_phone(event.tenant, event.phone)
-                await crm.link_call(event.tenant, event.call_id, caller)
+            if event.phone:  # the tenant backend's word: the call acts for this number
+                await callers.bind_verified(event.tenant, event.call_id, event.phone)
             return
         if not isinstance(event, CallEnded | CallMissed):
             return

@@ -11,6 +11,7 @@ from sqlmodel import Field, SQLModel
 from voicemesh.common.contracts.ids import new_id
 
 __all__ = [
+    "CallCaller",
     "CallLink",
     "Claim",
     "Contact",
@@ -75,6 +76,21 @@ class CallLink(SQLModel, table=True):
     tenant: str = Field(primary_key=True, max_length=63)
     call_id: str = Field(primary_key=True, max_length=64)
     contact_id: str = Field(max_length=32)
+
+
+class CallCaller(SQLModel, table=True):
+    """Whom a call acts for: the contact its request named by verified number, or the one
+    the call itself created. Unlike ``CallLink`` (history, which a lookup in the call may
+    move), nothing a model asks for changes it: it binds the call's tool requests."""
+
+    __tablename__ = "crm_call_callers"
+
+    tenant: str = Field(primary_key=True, max_length=63)
+    call_id: str = Field(primary_key=True, max_length=64)
+    contact_id: str = Field(max_length=32)
+    #: the number the call's request gave (a tenant backend's word); None if the call
+    #: created its contact from what the caller said
+    verified_phone: str | None = Field(default=None, max_length=16)
 
 
 class Listing(SQLModel, table=True):

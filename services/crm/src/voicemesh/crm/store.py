@@ -140,11 +140,19 @@ class Crm:
             rows = await session.exec(stmt.order_by(col(Contact.updated_at).desc()).limit(limit))
             return list(rows.all())
 
-    async def upsert(self, tenant: str, args: UpsertContactArgs) -> ContactResult:
+    async def upsert(
+        self, tenant: str, args: UpsertContactArgs, *, create_only: bool = False
+    ) -> ContactResult:
+        """Create a contact or update the one with this id, phone or email; ``create_only``:
+        a phone or email that is another contact's is ``forbidden``, not an update of it."""
         email = args.email.lower() if args.email else None
         try:
             async with self.session() as session:
                 row = await self._find(session, tenant, args.contact_id, args.phone, email)
+                if row is not None and create_only:
+                    raise ToolFailure(
+                        ToolErrorCode.FORBIDDEN, "that phone or email is another contact's"
+                    )
                 created = row is None
                 now = _now()
                 if row is None:

@@ -15,7 +15,9 @@ Call creation and WHIP offers are rate limited per tenant (``ratelimit``): ``429
 ``Retry-After`` over the limit, other tenants unaffected.
 
 The session URL is an unguessable capability, so hang-up and reconnect work after the
-short-lived call token has expired; the token itself connects once.
+short-lived call token has expired; the token itself connects once (it is spent when an
+offer is answered, so a refused offer can be retried with it). Credentials are checked
+before the tenant is looked up: an unknown tenant answers as a known one does.
 """
 
 from __future__ import annotations
@@ -37,15 +39,16 @@ from redis.asyncio import Redis
 
 from voicemesh.common import EndReason, MeshService, Unauthorized, new_call_id
 from voicemesh.common.contracts.tenancy import TenantRegistry
-from voicemesh.common.runtime.auth import ApiKeys
+from voicemesh.common.runtime.auth import ApiKeys, authorize_tenant
 from voicemesh.common.runtime.connection import connect
 from voicemesh.common.runtime.ratelimit import SlidingWindowLimiter, too_many_requests
 from voicemesh.common.runtime.telemetry import trace_context_from
 from voicemesh.common.runtime.tokens import CallClaims, issue_call_token, verify_call_token
 from voicemesh.gateway._tasks import LoopLagMonitor
-from voicemesh.gateway.calls import CallManager, OfferRejected, validate_offer
+from voicemesh.gateway.calls import CallManager, OfferRejected
 from voicemesh.gateway.media import patch_aiortc
 from voicemesh.gateway.registry import CallRecord, Registry, WorkerInfo
+from voicemesh.gateway.sdp import screen_offer
 from voicemesh.gateway.settings import GatewaySettings
 from voicemesh.gateway.turn import ice_servers, link_header
 
@@ -90,6 +93,8 @@ class Gateway:
             playout_prefill_ms=settings.playout_prefill_ms,
             playout_max_ms=settings.playout_max_ms,
             stun_urls=settings.stun_urls,
+            # The calls' last lifecycle events get what the pod's grace leaves after the hang-ups.
+            drain_timeout_s=max(1.0, settings.graceful_timeout - 2.0),
             on_count=self._count,
             on_ended=self._ended,
         )
@@ -159,6 +164,7 @@ class Gateway:
     # -- auth --------------------------------------------------------------------------------
 
     def check_tenant(self, tenant: str) -> None:
+        """404 for a tenant not served here: only after the caller proved it is that tenant's."""
         if tenant not in self.service.tenants:
             raise HTTPException(404, f"unknown tenant {tenant!r}")
 
@@ -294,13 +300,9 @@ def create_app(settings: GatewaySettings, *, api_keys: ApiKeys | None = None) ->
     async def create_call(
         tenant: str, authorization: str | None = Header(default=None)
     ) -> JSONResponse:
-        gw.check_tenant(tenant)
-        if authorization:
-            scheme, _, key = authorization.partition(" ")
-            if scheme.lower() != "bearer" or not gw.keys.allows(tenant, key.strip()):
-                raise _forbidden("this key does not open this tenant")
-        elif not (settings.demo_enabled and tenant in gw.demo_tenants):
-            raise _unauthorized("missing bearer API key")
+        demo = settings.demo_enabled and tenant in gw.demo_tenants and tenant in service.tenants
+        if authorization or not demo:
+            authorize_tenant(gw.keys, service.tenants, tenant, authorization)
         await gw.rate_limit("call", tenant)
         if gw.calls.has_room():
             url = gw.worker_url
@@ -348,14 +350,14 @@ def create_app(settings: GatewaySettings, *, api_keys: ApiKeys | None = None) ->
         authorization: str | None = Header(default=None),
         content_type: str | None = Header(default=None),
     ) -> Response:
-        gw.check_tenant(tenant)
         claims = gw.call_token(authorization, tenant, call_id)
+        gw.check_tenant(tenant)
         if (content_type or "").split(";")[0].strip().lower() != SDP:
             raise HTTPException(415, f"the offer must be {SDP}")
         await gw.rate_limit("offer", tenant)
         sdp = await _sdp_body(request)
         try:
-            validate_offer(sdp)
+            sdp = screen_offer(sdp)
         except OfferRejected as exc:
             log.info("rejected a WHIP offer: %s", exc)
             raise HTTPException(400, str(exc)) from None
@@ -367,37 +369,17 @@ def create_app(settings: GatewaySettings, *, api_keys: ApiKeys | None = None) ->
         record = await gw.reg.get_call(call_id)
         if record is not None and record.tenant != tenant:
             raise _forbidden("the call belongs to another tenant")
-        if not await gw.reg.claim_token(claims.token_id, call_id, claims.expires_at):
+        hold = await gw.reg.hold_token(claims.token_id, call_id)
+        if hold is None:
             raise _unauthorized("the call token was already used")
-        if record is not None and record.state == "ended":
-            raise HTTPException(410, "the call has ended")
-        if record is not None and record.state == "live":
-            raise HTTPException(409, "the call is already connected; reconnect on its Location")
-        origin = record.origin if record is not None else "push"
-        vertical = service.tenants.get(tenant)
-        # A pushed phone sends the push's traceparent back: the call joins the trace its
-        # request started (absent or malformed, the offer starts a trace of its own).
-        parent = trace_context_from({"traceparent": request.headers.get("traceparent", "")})
-        with service.telemetry.tracer.start_as_current_span(
-            "gateway whip offer", context=parent
-        ) as span:
-            span.set_attribute("voicemesh.tenant", tenant)
-            span.set_attribute("voicemesh.call.origin", origin)
-            try:
-                call, answer = await gw.calls.connect(
-                    tenant,
-                    call_id,
-                    sdp,
-                    origin=origin,
-                    vertical=vertical.vertical.value if vertical else None,
-                )
-            except OfferRejected as exc:
-                log.info("could not answer a WHIP offer: %s", exc)
-                raise HTTPException(400, str(exc)) from None
-        await gw.reg.put_call(
-            CallRecord(call_id, tenant, origin, gw.worker_id, gw.worker_url, "live")
-        )
-        return _answer(gw, call.tenant, call.call_id, call.session_id, answer)
+        try:
+            response = await _connect(gw, claims, record, sdp, request)
+        except BaseException:
+            # No answer, no spent token: a pushed phone may offer again with the same one.
+            await gw.reg.release_token(claims.token_id, hold)
+            raise
+        await gw.reg.spend_token(claims.token_id, claims.expires_at)
+        return response
 
     @http.post("/v1/{tenant}/calls/{call_id}/whip/{session_id}", tags=["calls"])
     async def whip_reconnect(
@@ -407,7 +389,6 @@ def create_app(settings: GatewaySettings, *, api_keys: ApiKeys | None = None) ->
         request: Request,
         content_type: str | None = Header(default=None),
     ) -> Response:
-        gw.check_tenant(tenant)
         call = gw.calls.call_for_session(session_id)
         if call is None or call.call_id != call_id or call.tenant != tenant:
             return await _elsewhere(gw, tenant, call_id, request)
@@ -415,7 +396,7 @@ def create_app(settings: GatewaySettings, *, api_keys: ApiKeys | None = None) ->
             raise HTTPException(415, f"the offer must be {SDP}")
         sdp = await _sdp_body(request)
         try:
-            answer = await gw.calls.reconnect(call, sdp)
+            answer = await gw.calls.reconnect(call, screen_offer(sdp))
         except OfferRejected as exc:
             log.info("rejected a reconnect offer: %s", exc)
             raise HTTPException(400, str(exc)) from None
@@ -423,7 +404,6 @@ def create_app(settings: GatewaySettings, *, api_keys: ApiKeys | None = None) ->
 
     @http.delete("/v1/{tenant}/calls/{call_id}/whip/{session_id}", tags=["calls"])
     async def whip_delete(tenant: str, call_id: str, session_id: str, request: Request) -> Response:
-        gw.check_tenant(tenant)
         call = gw.calls.call_for_session(session_id)
         if call is None or call.call_id != call_id or call.tenant != tenant:
             return await _elsewhere(gw, tenant, call_id, request)
@@ -446,6 +426,40 @@ def create_app(settings: GatewaySettings, *, api_keys: ApiKeys | None = None) ->
             raise HTTPException(400, "the SDP offer is not UTF-8 text") from None
 
     return service
+
+
+async def _connect(
+    gw: Gateway, claims: CallClaims, record: CallRecord | None, sdp: str, request: Request
+) -> Response:
+    """Answer the first offer of a call (its token held): the new session's 201."""
+    tenant, call_id, service = claims.tenant, claims.call_id, gw.service
+    if record is not None and record.state == "ended":
+        raise HTTPException(410, "the call has ended")
+    if record is not None and record.state == "live":
+        raise HTTPException(409, "the call is already connected; reconnect on its Location")
+    origin = record.origin if record is not None else "push"
+    vertical = service.tenants.get(tenant)
+    # A pushed phone sends the push's traceparent back: the call joins the trace its
+    # request started (absent or malformed, the offer starts a trace of its own).
+    parent = trace_context_from({"traceparent": request.headers.get("traceparent", "")})
+    with service.telemetry.tracer.start_as_current_span(
+        "gateway whip offer", context=parent
+    ) as span:
+        span.set_attribute("voicemesh.tenant", tenant)
+        span.set_attribute("voicemesh.call.origin", origin)
+        try:
+            call, answer = await gw.calls.connect(
+                tenant,
+                call_id,
+                sdp,
+                origin=origin,
+                vertical=vertical.vertical.value if vertical else None,
+            )
+        except OfferRejected as exc:
+            log.info("could not answer a WHIP offer: %s", exc)
+            raise HTTPException(400, str(exc)) from None
+    await gw.reg.put_call(CallRecord(call_id, tenant, origin, gw.worker_id, gw.worker_url, "live"))
+    return _answer(gw, call.tenant, call.call_id, call.session_id, answer)
 
 
 async def _elsewhere(gw: Gateway, tenant: str, call_id: str, request: Request) -> Response:

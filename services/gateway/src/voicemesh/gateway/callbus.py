@@ -1,11 +1,14 @@
 """The NATS side of the gateway's calls: what a call says to the agent and hears from it.
 
 Per call: caller audio out on ``audio.in``, agent audio, control and transcripts in, and the
-call's lifecycle events. Lifecycle events go to JetStream through the service's
-``JetStreamPublisher`` with ids derived from the tenant, the call and the event type
-(``contracts.ids.derived_id``), so JetStream's dedup window absorbs a repeat from another
-worker or a restarted one. Control messages arrive on core NATS and cannot be NAKed: one
-the gateway cannot act on is dead-lettered through the service's ``Delivery`` policy.
+call's lifecycle events. Lifecycle events go to JetStream through a per-call
+``runtime.outbox.Outbox`` on the service's ``JetStreamPublisher``: in order for each call,
+retried until JetStream has stored them (a lost ``CallConnected`` would leave the call
+without its agent, a lost ``CallEnded`` crm, audit and push stale), with ids derived from
+the tenant, the call and the event type (``contracts.ids.derived_id``), so JetStream's dedup
+window absorbs a retry or a repeat from another worker or a restarted one. Control messages
+arrive on core NATS and cannot be NAKed: one the gateway cannot act on is dead-lettered
+through the service's ``Delivery`` policy.
 """
 
 from __future__ import annotations
@@ -24,11 +27,13 @@ from voicemesh.common import (
     ControlMessage,
     Envelope,
     InvalidMessage,
+    MeshError,
     TranscriptSegment,
 )
 from voicemesh.common.contracts import subjects
 from voicemesh.common.contracts.ids import derived_id
 from voicemesh.common.runtime.delivery import Delivery
+from voicemesh.common.runtime.outbox import Outbox
 from voicemesh.common.runtime.publisher import JetStreamPublisher
 
 if TYPE_CHECKING:
@@ -58,7 +63,7 @@ class CallBus:
         on_hangup: Callable[[CallSession], Awaitable[None]],
     ) -> None:
         self._nats = nats
-        self._events = events
+        self._events = Outbox(events, name="gateway-lifecycle")
         self._delivery = delivery
         self._on_hangup = on_hangup
 
@@ -135,17 +140,23 @@ class CallBus:
             log.error("could not publish a dead letter: %s", type(err).__name__)
 
     async def lifecycle(self, call: CallSession, kind: type[Envelope], **fields: Any) -> None:
-        """Publish the call's ``kind`` lifecycle event (once per call and type)."""
+        """Queue the call's ``kind`` lifecycle event (once per call and type) for JetStream;
+        it is published after the call's earlier events, retried until stored."""
         event = kind(tenant=call.tenant, call_id=call.call_id, source=SOURCE, **fields)
         type_ = str(getattr(event, "type", kind.__name__))
         event = event.model_copy(update={"event_id": derived_id(call.tenant, call.call_id, type_)})
+        subject = subjects.call_lifecycle(call.tenant, call.call_id)
         # CallConnected and CallEnded are published from aiortc and timer callbacks, outside
-        # the offer's request: attach the call's trace so they stay in it.
+        # the offer's request: attach the call's trace so the event stays in it.
         token = otel_context.attach(call.trace) if call.trace is not None else None
         try:
-            await self._events.publish(event, subjects.call_lifecycle(call.tenant, call.call_id))
-        except Exception as exc:
-            log.error("could not publish %s: %s", type_, type(exc).__name__)
+            self._events.put(call.call_id, event, subject)
+        except MeshError as exc:  # the outbox is full or closed: say so, never block a call
+            log.error("could not queue %s: %s", type_, exc)
         finally:
             if token is not None:
                 otel_context.detach(token)
+
+    async def drain(self, timeout: float) -> None:
+        """On shutdown: give the queued lifecycle events ``timeout`` seconds to be stored."""
+        await self._events.drain(timeout)

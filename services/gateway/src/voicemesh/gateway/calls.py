@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
-from aiortc.sdp import SessionDescription
 from nats.aio.client import Client as NatsClient
 from nats.aio.subscription import Subscription
 from opentelemetry import context as otel_context
@@ -41,38 +40,18 @@ from voicemesh.common.runtime.publisher import JetStreamPublisher
 from voicemesh.gateway._tasks import cancel_and_wait
 from voicemesh.gateway.callbus import CallBus
 from voicemesh.gateway.media import AgentAudioTrack, CallerAudio, Playout
+from voicemesh.gateway.sdp import OfferRejected, screen_offer
 
-__all__ = ["CallManager", "CallSession", "OfferRejected", "validate_offer"]
+__all__ = ["CallManager", "CallSession", "OfferRejected"]
 
 log = logging.getLogger(__name__)
 
 SUPERVISE_EVERY_S = 0.25
+#: On shutdown, how long the calls' last lifecycle events may take to reach JetStream
+#: (within the default ``graceful_timeout`` of 10 s).
+DRAIN_TIMEOUT_S = 8.0
 ENDED_MEMORY = 4096
 _CALL_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-
-
-class OfferRejected(ValueError):
-    """An SDP offer the gateway cannot answer; the message is safe to return as a 400."""
-
-
-def validate_offer(sdp: str) -> None:
-    """Reject what is not an SDP offer with audio before aiortc sees it."""
-    if not sdp.lstrip().startswith("v=0"):
-        raise OfferRejected("body is not an SDP description (no 'v=0' line)")
-    try:
-        parsed = SessionDescription.parse(sdp)
-    except Exception as exc:
-        raise OfferRejected(f"malformed SDP: {type(exc).__name__}: {exc}"[:300]) from exc
-    kinds = [m.kind for m in parsed.media]
-    if "audio" not in kinds:
-        raise OfferRejected(f"the offer has no audio section (media: {kinds or 'none'})")
-    audio = next(m for m in parsed.media if m.kind == "audio")
-    if not audio.rtp.codecs:
-        raise OfferRejected("the audio section offers no codecs")
-    if audio.dtls is None or not audio.dtls.fingerprints:
-        raise OfferRejected("the audio section has no DTLS fingerprint")
-    if audio.ice is None or not audio.ice.usernameFragment:
-        raise OfferRejected("the audio section has no ICE credentials")
 
 
 @dataclass(eq=False)
@@ -126,8 +105,10 @@ class CallManager:
         stun_urls: list[str],
         on_count: Callable[[int], None] = lambda n: None,
         on_ended: Callable[[str], Awaitable[None]] | None = None,
+        drain_timeout_s: float = DRAIN_TIMEOUT_S,
     ) -> None:
         self._on_ended = on_ended
+        self._drain_timeout_s = drain_timeout_s
         self.bus = CallBus(
             nats=nats, events=events, delivery=delivery, on_hangup=self._agent_hangup
         )
@@ -167,11 +148,11 @@ class CallManager:
         self, tenant: str, call_id: str, sdp: str, *, origin: str, vertical: str | None
     ) -> tuple[CallSession, str]:
         """A first offer for a call: a new session. Returns it and the SDP answer."""
-        if not _CALL_ID.match(call_id):
+        if not _CALL_ID.fullmatch(call_id):
             raise OfferRejected("invalid call id")
         if call_id in self.calls or call_id in self.ended:
             raise OfferRejected("this call already has a session; reconnect on its Location")
-        validate_offer(sdp)
+        sdp = screen_offer(sdp)
         call = CallSession(
             tenant=tenant,
             call_id=call_id,
@@ -198,7 +179,7 @@ class CallManager:
         The old session URL stays valid until the new offer is answered, so a client whose
         new offer is refused can try again on it.
         """
-        validate_offer(sdp)
+        sdp = screen_offer(sdp)
         if call.end_reason is not None:
             raise OfferRejected("the call has ended")
         old_session, old_pc, old_caller = call.session_id, call.pc, call.caller
@@ -369,10 +350,12 @@ class CallManager:
         self._task = asyncio.get_running_loop().create_task(self._supervise(), name="calls")
 
     async def shutdown(self) -> None:
-        """End every call with ``server_shutdown`` (SIGTERM), then stop the timers."""
+        """End every call with ``server_shutdown`` (SIGTERM), stop the timers, and give the
+        lifecycle events still queued ``drain_timeout_s`` to reach JetStream."""
         self._closing = True
         await cancel_and_wait(self._task)
         self._task = None
         await asyncio.gather(
             *(self.end(call, EndReason.SERVER_SHUTDOWN) for call in list(self.calls.values()))
         )
+        await self.bus.drain(self._drain_timeout_s)

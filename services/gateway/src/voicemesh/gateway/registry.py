@@ -1,6 +1,9 @@
 """The call registry the gateway workers share in Redis.
 
-* ``claim_token``: a call token connects once (``SET NX`` on its id until it expires).
+* ``hold_token`` / ``spend_token`` / ``release_token``: a call token connects once. An
+  offer holds it while it is negotiated (``SET NX`` on its id, briefly); an answered offer
+  spends it (kept until the token expires); a refused one releases it, so the phone can
+  try again with the same token.
 * call records: which worker owns a call and whether the gateway created it (a call
   the gateway did not create arrived by VoIP push, so its offer means "answered").
 * worker records: each worker's URL and load, refreshed by a heartbeat, so any worker can
@@ -13,6 +16,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import secrets
 import time
 from dataclasses import dataclass
 
@@ -28,6 +32,11 @@ PREFIX = "voicemesh:gateway"
 WORKER_STALE_S = 6.0
 HEARTBEAT_S = 1.0
 CALL_TTL_S = 24 * 3600
+#: Longer than any negotiation (ICE gathering is bounded by aiortc's timeouts).
+TOKEN_HOLD_S = 60
+_RELEASE = (
+    "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,10 +74,20 @@ class Registry:
 
     # -- tokens ------------------------------------------------------------------------------
 
-    async def claim_token(self, token_id: str, call_id: str, expires_at: int) -> bool:
+    async def hold_token(self, token_id: str, call_id: str) -> str | None:
+        """Hold a token for one offer's negotiation: the hold's id, or ``None`` if taken."""
+        hold = f"{call_id}:{secrets.token_hex(8)}"
+        ok = await self._redis.set(_token_key(token_id), hold, nx=True, ex=TOKEN_HOLD_S)
+        return hold if ok else None
+
+    async def spend_token(self, token_id: str, expires_at: int) -> None:
+        """The offer was answered: the token stays used until it has expired."""
         ttl = max(1, expires_at - int(time.time()) + 60)
-        ok = await self._redis.set(f"{PREFIX}:token:{token_id}", call_id, nx=True, ex=ttl)
-        return bool(ok)
+        await self._redis.expire(_token_key(token_id), ttl)
+
+    async def release_token(self, token_id: str, hold: str) -> None:
+        """The offer was refused: free the token again, if ``hold`` still holds it."""
+        await self._redis.eval(_RELEASE, 1, _token_key(token_id), hold)
 
     # -- calls -------------------------------------------------------------------------------
 
@@ -171,6 +190,10 @@ class Registry:
                 await self.publish_worker()
             except Exception as exc:  # Redis blips must not end calls
                 log.warning("worker heartbeat failed: %s", type(exc).__name__)
+
+
+def _token_key(token_id: str) -> str:
+    return f"{PREFIX}:token:{token_id}"
 
 
 def _text(value: bytes | str) -> str:

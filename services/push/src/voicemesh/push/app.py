@@ -4,7 +4,8 @@ HTTP: the device registry API. NATS: one lane per tenant (``lanes.TenantLane``: 
 durable pull consumer on the CALLS stream and its own bounded window, so one tenant's slow
 pushes never hold up another's), handling lifecycle events concurrently; the ``push-jobs``
 consumer takes ring and cancel jobs from the PUSH work queue; a background task turns passed
-ring deadlines into missed calls.
+ring deadlines into missed calls. Lifecycle events and texts go out through one
+``runtime.outbox.Outbox``: per call in order, retried until JetStream has stored them.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from voicemesh.common.runtime.auth import ApiKeys
 from voicemesh.common.runtime.connection import connect
 from voicemesh.common.runtime.db import Database
 from voicemesh.common.runtime.delivery import Delivery
+from voicemesh.common.runtime.outbox import Outbox
 from voicemesh.common.runtime.publisher import JetStreamPublisher
 from voicemesh.common.runtime.ratelimit import SlidingWindowLimiter
 from voicemesh.push.api import device_router
@@ -33,6 +35,9 @@ from voicemesh.push.settings import PushSettings
 from voicemesh.push.voip import VoipPushes
 
 __all__ = ["PushComponents", "create_app"]
+
+#: On shutdown, how long queued events may take to reach JetStream.
+OUTBOX_DRAIN_S = 5.0
 
 
 class PushComponents:
@@ -49,12 +54,15 @@ class PushComponents:
     #: Publishes on the lanes' connection: open before the broker starts and after it
     #: stops, so the lanes and the ring timeouts can publish for as long as they run.
     events: JetStreamPublisher | None = None
+    #: What the ringer publishes: per call in order, retried until stored.
+    outbox: Outbox | None = None
     lanes: LifecycleLanes | None = None
 
     async def publish(self, event: Envelope, subject: str) -> None:
-        if self.events is None:
+        """Publish ``event`` and wait until JetStream has stored it (retrying meanwhile)."""
+        if self.outbox is None:
             raise RuntimeError("the push service's NATS connection is not open")
-        await self.events.publish(event, subject)
+        await self.outbox.publish(event.call_id or event.event_id, event, subject)
 
 
 def create_app(settings: PushSettings, *, api_keys: ApiKeys | None = None) -> MeshService:
@@ -84,7 +92,7 @@ def create_app(settings: PushSettings, *, api_keys: ApiKeys | None = None) -> Me
         voip=VoipPushes(settings, apns=parts.apns, devices=parts.devices, calls=parts.calls),
         publish=parts.publish,
     )
-    parts.timeouts = RingTimeouts(parts.ringer)
+    parts.timeouts = RingTimeouts(parts.ringer, lease_s=settings.ring_claim_lease_s)
     keys = api_keys if api_keys is not None else ApiKeys.from_settings(settings)
     registrations = SlidingWindowLimiter(
         parts.redis,
@@ -108,6 +116,7 @@ def create_app(settings: PushSettings, *, api_keys: ApiKeys | None = None) -> Me
         parts.nats = await connect(settings, name="voicemesh-push-lanes")
         js = parts.nats.jetstream()
         parts.events = JetStreamPublisher(parts.nats)
+        parts.outbox = Outbox(parts.events, name="push-lifecycle")
         # The service's policy (its PHI rules), dead-lettering on the lanes' connection.
         delivery = Delivery("push", parts.events, service.delivery.handles_phi)
         spec = streams.consumer("push", "calls")
@@ -133,6 +142,10 @@ def create_app(settings: PushSettings, *, api_keys: ApiKeys | None = None) -> Me
         if parts.lanes is not None:
             await parts.lanes.stop()
         await parts.timeouts.stop()
+        if parts.outbox is not None:
+            # What the lanes and the timeouts left queued; a miss not stored by then is
+            # still leased in Redis and is finished by the next replica to claim it.
+            await parts.outbox.drain(timeout=OUTBOX_DRAIN_S)
         if parts.events is not None:
             await parts.events.drain(timeout=2)
         if parts.nats is not None and not parts.nats.is_closed:

@@ -1,8 +1,11 @@
 """Ringing calls in Redis: each call's state and the ring deadlines every replica shares.
 
-State moves ``ringing`` → ``answered`` | ``ended`` | ``missed`` | ``failed`` by
+State moves ``ringing`` → ``answered`` | ``ended`` | ``missing`` → ``missed`` | ``failed`` by
 compare-and-set, so an answer racing the ring timeout has exactly one winner, on any
-replica. Deadlines sit in one sorted set; whoever removes an entry owns its timeout.
+replica. Deadlines sit in one sorted set. A replica claims a passed deadline with a lease
+(its score moves ``lease_s`` ahead, atomically), and removes it only once the miss is
+published: a replica that dies in between leaves the deadline to come due again, and the
+next claimer finishes the miss (``missing``: decided, not yet published).
 
 The ringing hot path batches: ``queue_begin`` goes on the caller's pipeline (one round trip
 for a fetch of requests) and ``accepted`` coalesces the calls APNs took in the same
@@ -33,7 +36,7 @@ __all__ = ["CallState", "CallStore", "RingingCall"]
 
 log = logging.getLogger(__name__)
 
-CallState = Literal["ringing", "answered", "ended", "missed", "failed"]
+CallState = Literal["ringing", "answered", "ended", "missing", "missed", "failed"]
 
 #: Set the state to ARGV[2] if it is ARGV[1] (or absent when ARGV[1] is ""); 1 if it moved.
 _TRANSITION = """
@@ -55,7 +58,17 @@ redis.call('HSET', KEYS[1], 'state', 'ringing', unpack(ARGV, 2))
 redis.call('EXPIRE', KEYS[1], ARGV[1])
 return 'ringing'
 """
+#: Lease the deadlines due by ARGV[1] (at most ARGV[3]) until ARGV[2]; returns them.
+_CLAIM = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
+for _, member in ipairs(due) do
+  redis.call('ZADD', KEYS[1], 'XX', ARGV[2], member)
+end
+return due
+"""
 KEEP_S = 3600
+#: How long a claim on a passed ring deadline lasts before another replica may take it.
+CLAIM_LEASE_S = 15.0
 #: Present while Redis still holds what this service wrote; gone after a restart empty.
 MARKER = "voicemesh:push:alive"
 RESTORE_GRACE_S = 60.0
@@ -79,6 +92,7 @@ class CallStore:
         self._redis = redis
         self._transition = redis.register_script(_TRANSITION)
         self._begin = redis.register_script(_BEGIN)
+        self._claim = redis.register_script(_CLAIM)
         self._accepted: list[tuple[str, str, float, asyncio.Future[str | None]]] = []
         self._flusher: asyncio.Future[None] | None = None
         # The calls this process began ringing, to write back if Redis loses them.
@@ -149,8 +163,8 @@ class CallStore:
         return any(isinstance(r, NoScriptError) for r in results)
 
     async def move(self, tenant: str, call_id: str, src: str, dst: CallState) -> bool:
-        if dst != "ringing":
-            self.forget(tenant, call_id)  # past ringing: nothing to restore
+        if dst not in ("ringing", "missing"):
+            self.forget(tenant, call_id)  # settled: nothing to restore
         try:
             moved = await self._transition(
                 keys=[self._key(tenant, call_id)], args=[src, dst, KEEP_S]
@@ -197,16 +211,24 @@ class CallStore:
             raise UnavailableError("call state store unavailable") from exc
 
     async def claim_expired(
-        self, now: float | None = None, limit: int = 100
+        self, now: float | None = None, limit: int = 100, *, lease_s: float = CLAIM_LEASE_S
     ) -> list[tuple[str, str]]:
-        """Deadlines that passed and that this caller removed (so owns), as (tenant, call)."""
+        """Deadlines that passed, leased to this caller for ``lease_s``, as (tenant, call).
+
+        The lease only holds the deadline back from other claimers: ``unschedule`` it once
+        the call is settled, or it comes due again when the lease ends.
+        """
         now = time.time() if now is None else now
-        due: list[Any] = await self._redis.zrangebyscore(self.DEADLINES, 0, now, start=0, num=limit)
+        try:
+            due: list[Any] = await self._claim(
+                keys=[self.DEADLINES], args=[repr(now), repr(now + lease_s), limit]
+            )
+        except RedisError as exc:
+            raise UnavailableError("call state store unavailable") from exc
         claimed = []
         for member in due:
-            if await self._redis.zrem(self.DEADLINES, member):
-                tenant, call_id = json.loads(member)
-                claimed.append((str(tenant), str(call_id)))
+            tenant, call_id = json.loads(member)
+            claimed.append((str(tenant), str(call_id)))
         return claimed
 
     def forget(self, tenant: str, call_id: str) -> None:

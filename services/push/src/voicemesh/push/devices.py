@@ -122,7 +122,7 @@ class DeviceRegistry:
         environment: Environment = "production",
         platform: str = "ios",
     ) -> DeviceRecord:
-        if not _TOKEN.match(token):
+        if not _TOKEN.fullmatch(token):
             raise ValueError("a device token is 64 to 200 hex digits")
         token = token.lower()
         previous_user: str | None = None

@@ -5,7 +5,9 @@ records the call as ringing, has ``voip.VoipPushes`` push to the user's phones, 
 ``CallRinging`` or ``CallFailed``, and stops the ring on an answer or an end.
 ``RingTimeouts`` is the background task that turns an unanswered ring into ``CallMissed``
 and the missed-call text. Event ids are ``ids.derived_id(tenant, call_id, what)``: a retry
-publishes the same id, which JetStream drops.
+publishes the same id, which JetStream drops. So an event is published (and stored) first
+and the call's state moves after: a failed publish leaves the state as it was, and the
+retry (a redelivery, the next claim of the ring deadline) publishes it again.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from voicemesh.common.contracts.tenancy import TenantRegistry
 from voicemesh.common.runtime.publisher import trace_headers
 from voicemesh.common.runtime.tasks import PeriodicTask
 from voicemesh.common.runtime.tokens import issue_call_token
-from voicemesh.push.calls import CallStore, RingingCall
+from voicemesh.push.calls import CLAIM_LEASE_S, CallStore, RingingCall
 from voicemesh.push.devices import DeviceRecord, DeviceRegistry
 from voicemesh.push.settings import PushSettings
 from voicemesh.push.voip import VoipPushes, build_payload, failure
@@ -221,7 +223,6 @@ class Ringer:
                 await self.cancel(tenant, call_id)
 
     async def _fail(self, event: CallRequested, reason: FailureReason, detail: str) -> None:
-        await self.calls.move(event.tenant, event.call_id, "ringing", "failed")
         log.info("call %s could not ring: %s", event.call_id, reason.value)
         await self.publish(
             CallFailed(
@@ -231,6 +232,8 @@ class Ringer:
             ),
             subjects.call_lifecycle(event.tenant, event.call_id),
         )
+        # Only now: had the publish failed, the request's redelivery finds it still ringing.
+        await self.calls.move(event.tenant, event.call_id, "ringing", "failed")
 
     async def answered(self, tenant: str, call_id: str) -> None:
         if await self.calls.move(tenant, call_id, "ringing", "answered"):
@@ -296,9 +299,17 @@ class Ringer:
         )
 
     async def missed(self, tenant: str, call_id: str) -> bool:
-        """The ring window closed without an answer: CallMissed, a cancel push, the text."""
-        if not await self.calls.move(tenant, call_id, "ringing", "missed"):
-            return False
+        """The ring window closed without an answer: CallMissed, a cancel push, the text.
+
+        ``ringing`` → ``missing`` decides the miss against a racing answer; the events are
+        published (and stored) next, and only then is the call ``missed`` and its deadline
+        removed. A replica that dies in between leaves the call ``missing`` and its deadline
+        leased: the next claimer publishes the same events again, which JetStream drops.
+        """
+        if not await self.calls.move(tenant, call_id, "ringing", "missing"):
+            if await self.calls.state(tenant, call_id) != "missing":
+                await self.calls.unschedule(tenant, call_id)  # answered or ended meanwhile
+                return False
         call = await self.calls.get(tenant, call_id)
         user_id = call.user_id if call else ""
         missed = CallMissed(**_derived(tenant, call_id, "missed"), user_id=user_id)
@@ -317,15 +328,21 @@ class Ringer:
                 ),
                 subjects.sms_outbound(tenant),
             )
+        await self.calls.move(tenant, call_id, "missing", "missed")
+        await self.calls.unschedule(tenant, call_id)
         return True
 
 
 class RingTimeouts:
-    """Owns the task that turns passed ring deadlines into missed calls (every replica may
-    run one; the sorted-set removal decides which one handles each call)."""
+    """Owns the task that turns passed ring deadlines into missed calls. Every replica may
+    run one: each claims passed deadlines with a lease (``CallStore.claim_expired``), so one
+    replica handles each call while it lives, and another takes over if it dies."""
 
-    def __init__(self, ringer: Ringer, *, interval_s: float = 0.2) -> None:
+    def __init__(
+        self, ringer: Ringer, *, interval_s: float = 0.2, lease_s: float = CLAIM_LEASE_S
+    ) -> None:
         self._ringer = ringer
+        self._lease_s = lease_s
         self._task = PeriodicTask(self.check, interval_s=interval_s, name="push-ring-timeouts")
 
     def start(self) -> None:
@@ -337,9 +354,13 @@ class RingTimeouts:
     async def check(self) -> None:
         """Mark every call whose ring deadline has passed missed (one round of the task)."""
         await self._ringer.calls.restore_if_lost()
-        for tenant, call_id in await self._ringer.calls.claim_expired():
-            try:
-                await self._ringer.missed(tenant, call_id)
-            except Exception:
-                log.exception("could not mark call %s missed; retrying", call_id)
+        claimed = await self._ringer.calls.claim_expired(lease_s=self._lease_s)
+        await asyncio.gather(*(self._miss(tenant, call_id) for tenant, call_id in claimed))
+
+    async def _miss(self, tenant: str, call_id: str) -> None:
+        try:
+            await self._ringer.missed(tenant, call_id)
+        except Exception as exc:
+            log.warning("could not mark call %s missed (%s); retrying", call_id, type(exc).__name__)
+            with contextlib.suppress(MeshError):  # else the lease runs out and it comes back
                 await self._ringer.calls.schedule_timeout(tenant, call_id, time.time() + 1)

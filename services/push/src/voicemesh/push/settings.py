@@ -40,6 +40,13 @@ class PushSettings(ServiceSettings, ApiKeySettings):
     gateway_public_url: str = "http://127.0.0.1:8080"
     ring_window_s: float = Field(default=30.0, gt=0, le=300, description="longest ring")
     ring_windows: str = Field(default="", description="per-tenant windows: 'tenant:seconds,...'")
+    ring_claim_lease_s: float = Field(
+        default=15.0,
+        gt=0,
+        le=300,
+        description="how long a replica's claim on a passed ring deadline lasts before "
+        "another replica may take the missed call over",
+    )
     workers: int = Field(
         default=64, ge=1, le=256, description="per tenant: lifecycle events in flight at once"
     )

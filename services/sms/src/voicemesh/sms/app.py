@@ -22,10 +22,19 @@ from redis.asyncio import Redis
 
 from voicemesh.common import MeshService, SmsJob, subscribe_durable
 from voicemesh.common.contracts import streams, subjects
+from voicemesh.common.contracts.events import ToolErrorCode
 from voicemesh.common.contracts.ids import derived_id
-from voicemesh.common.contracts.tools import PHONE_PATTERN, TOOLS, SendSmsArgs, SendSmsResult
+from voicemesh.common.contracts.tools import (
+    PHONE_PATTERN,
+    TOOLS,
+    CallerArgs,
+    CallerResult,
+    SendSmsArgs,
+    SendSmsResult,
+    ToolFailure,
+)
 from voicemesh.common.runtime.auth import ApiKeys, tenant_guard
-from voicemesh.common.runtime.tools import ToolCall, ToolServer
+from voicemesh.common.runtime.tools import ToolCall, ToolClient, ToolServer
 from voicemesh.sms.models import SmsMessage
 from voicemesh.sms.providers import OutboxProvider, SmsProvider, TwilioProvider
 from voicemesh.sms.sender import RateLimiter, SmsSender
@@ -114,11 +123,27 @@ def create_app(settings: SmsSettings) -> MeshService:
         await sender.handle(job, heartbeat=msg.raw_message.in_progress)
 
     tools = ToolServer(service, max_workers=settings.tool_workers)
+    crm = ToolClient(service.broker, source="sms", tracer=service.telemetry.tracer)
+
+    async def recipient(call: ToolCall, args: SendSmsArgs) -> str:
+        """A backend's ``to``; on a call, the number its request verified (asked of crm,
+        which keeps whom each call is with), never one the model names."""
+        if call.call_id is None:
+            if args.to is None:
+                raise ToolFailure(ToolErrorCode.INVALID, "to: a text needs a recipient")
+            return args.to
+        caller: CallerResult = await crm.call_typed(
+            call.tenant.id, TOOLS[("crm", "caller")], CallerArgs(), call_id=call.call_id
+        )
+        if caller.verified_phone is None:
+            raise ToolFailure(ToolErrorCode.FORBIDDEN, "this call has no verified number to text")
+        return caller.verified_phone
 
     @tools.tool(TOOLS[("sms", "send")])
     async def send(call: ToolCall, args: SendSmsArgs) -> SendSmsResult:
         tenant = call.tenant.id
-        if await sender.opted_out(tenant, args.to):
+        to = await recipient(call, args)
+        if await sender.opted_out(tenant, to):
             return SendSmsResult(idempotency_key=args.idempotency_key, queued=False)
         job = SmsJob(
             event_id=derived_id(tenant, args.idempotency_key),
@@ -126,8 +151,8 @@ def create_app(settings: SmsSettings) -> MeshService:
             call_id=call.call_id,
             source="sms",
             idempotency_key=args.idempotency_key,
-            to=args.to,
-            body=args.body,
+            to=to,
+            body=args.text(call.tenant.display_name, call.tenant.time_zone),
             purpose=args.purpose,
         )
         await service.events.publish(job, subjects.sms_outbound(tenant))

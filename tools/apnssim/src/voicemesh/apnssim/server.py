@@ -366,12 +366,12 @@ class ApnsSimulator:
         token = path.removeprefix("/3/device/")
         if not token:
             raise _Reject(400, "MissingDeviceToken")
-        if not _HEX_TOKEN.match(token):
+        if not _HEX_TOKEN.fullmatch(token):
             raise _Reject(400, "BadDeviceToken")
         token = token.lower()
         team = self._check_provider_token(protocol, values.get("authorization"))
         apns_id = values.get("apns-id")
-        if apns_id is not None and not _UUID.match(apns_id):
+        if apns_id is not None and not _UUID.fullmatch(apns_id):
             raise _Reject(400, "BadMessageId")
         topic = values.get("apns-topic")
         if not topic:

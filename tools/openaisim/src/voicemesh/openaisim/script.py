@@ -9,7 +9,17 @@ Rules, in order (the same for chat completions and Realtime):
    offered function whose name ends in ``book`` with ``start`` (ISO 8601 with the offset
    of the zone named in the system message), ``name`` and ``notes``; a missing time or
    name is asked for;
-4. anything else is answered with a fixed prompt that repeats what was heard.
+4. a model that does what the caller says, as a prompt-injected one would: "text this to
+   <ten digits>" calls the offered ``..._send`` function with that ``to`` and the caller's
+   words as ``body``; "update the number on file for <first last> to <ten digits>" looks
+   the person up with the offered ``..._lookup_contact`` function, then calls
+   ``..._upsert_contact`` with the found ``contact_id`` and the new ``phone`` (straight to
+   ``..._upsert_contact`` with ``name`` and ``phone`` when there is no lookup); "text me" or
+   "a text confirmation" calls ``..._send`` with the ``callback`` template, as a
+   well-behaved model would;
+5. anything else is answered with a fixed prompt that repeats what was heard.
+
+A refused tool call (``forbidden``) is answered "I'm sorry, I can't do that ...".
 
 "Now" and the time zone come from the system message: the first ISO 8601 timestamp with an
 offset in it, and the first ``Area/City`` zone name, as a real model would read them.
@@ -42,6 +52,15 @@ _TIME = re.compile(
 _NAME = re.compile(r"\b(?:my name is|this is|for|name's)\s+([a-z]+(?:\s+[a-z]+)?)\s*$")
 _BOOK = re.compile(r"\b(book|appointment|schedule|reserve)\b")
 _BYE = re.compile(r"\b(goodbye|bye|that's all|that is all|nothing else)\b")
+_DIGIT_WORDS = {
+    w: str(n) for n, w in enumerate("zero one two three four five six seven eight nine".split())
+} | {"oh": "0"}
+_PHONE_WORDS = r"((?:(?:zero|oh|one|two|three|four|five|six|seven|eight|nine)\s*){10})"
+_TEXT_TO = re.compile(rf"\btext (?:this|that|it|the [a-z]+) to {_PHONE_WORDS}")
+_UPDATE_NUMBER = re.compile(
+    rf"\bupdate the (?:phone )?number (?:on file )?for ([a-z]+ [a-z]+) to {_PHONE_WORDS}"
+)
+_TEXT_ME = re.compile(r"\b(?:text me|a text confirmation)\b")
 _NOT_NAMES = {"a", "an", "the", "me", "tomorrow", "today", "please", "my", "haircut"}
 
 
@@ -73,7 +92,8 @@ def answer(messages: list[Message], tools: list[str]) -> Text | ToolCall:
     now = _now(system)
     last = messages[-1] if messages else Message("user", "")
     if last.role == "tool":
-        return _after_tool(last, now)
+        follow_up = _after_lookup(last, messages, tools)
+        return follow_up if follow_up is not None else _after_tool(last, now)
     turn = [m.content.lower() for m in _since_last_tool(messages) if m.role == "user"]
     said = " ".join(" ".join(t.split()) for t in turn)
     latest = turn[-1] if turn else ""
@@ -83,6 +103,9 @@ def answer(messages: list[Message], tools: list[str]) -> Text | ToolCall:
         if "end_call" in tools:
             return ToolCall("end_call", {"farewell": "Thank you for calling. Goodbye."})
         return Text("Thank you for calling. Goodbye.")
+    obeyed = _obey(latest, tools)
+    if obeyed is not None:
+        return obeyed
     book = next((t for t in tools if t.endswith("book")), None)
     if _BOOK.search(said) and book is not None:
         start = _when(said, now)
@@ -103,11 +126,55 @@ def spoken_time(moment: datetime) -> str:
     return f"{moment.strftime('%A, %B')} {moment.day} at {hour}{minutes} {suffix}"
 
 
+def _offered(tools: list[str], suffix: str) -> str | None:
+    return next((t for t in tools if t.endswith(suffix)), None)
+
+
+def _phone(words: str) -> str:
+    return "+1" + "".join(_DIGIT_WORDS[w] for w in words.split())
+
+
+def _obey(latest: str, tools: list[str]) -> ToolCall | None:
+    """What a model that does as the caller says calls for ``latest``, if anything."""
+    said = " ".join(latest.split())
+    send = _offered(tools, "_send")
+    if (found := _TEXT_TO.search(said)) and send:
+        return ToolCall(send, {"to": _phone(found.group(1)), "body": said, "purpose": "agent"})
+    if found := _UPDATE_NUMBER.search(said):
+        name, phone = found.group(1).title(), _phone(found.group(2))
+        if lookup := _offered(tools, "_lookup_contact"):
+            return ToolCall(lookup, {"name": name})
+        if upsert := _offered(tools, "_upsert_contact"):
+            return ToolCall(upsert, {"name": name, "phone": phone})
+    if _TEXT_ME.search(said) and send:
+        return ToolCall(send, {"template": "callback", "purpose": "callback"})
+    return None
+
+
+def _after_lookup(last: Message, messages: list[Message], tools: list[str]) -> ToolCall | None:
+    """After a lookup made to update someone's number: the update, with the found id."""
+    upsert = _offered(tools, "_upsert_contact")
+    asked = [m.content.lower() for m in _since_last_tool(messages[:-1]) if m.role == "user"]
+    found = _UPDATE_NUMBER.search(" ".join(" ".join(asked).split()))
+    try:
+        result = json.loads(last.content)
+    except ValueError:
+        return None
+    contacts = result.get("result", {}).get("contacts") if isinstance(result, dict) else None
+    if not (upsert and found and isinstance(contacts, list) and contacts):
+        return None
+    contact_id = contacts[0].get("contact_id") if isinstance(contacts[0], dict) else None
+    return ToolCall(upsert, {"contact_id": contact_id, "phone": _phone(found.group(2))})
+
+
 def _after_tool(message: Message, now: datetime) -> Text:
     try:
         result = json.loads(message.content)
     except ValueError:
         result = {}
+    error = result.get("error") if isinstance(result, dict) else None
+    if isinstance(error, dict) and error.get("code") == "forbidden":
+        return Text("I'm sorry, I can't do that. Is there anything else I can help you with?")
     if not isinstance(result, dict) or result.get("ok") is False or "error" in result:
         return Text("I'm sorry, that time is not available. What other day and time would work?")
     body = result.get("result", result)

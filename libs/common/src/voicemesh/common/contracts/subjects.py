@@ -49,7 +49,7 @@ def validate_token(value: str, what: str = "token", *, wildcard: bool = False) -
     """Return ``value`` if it is a safe single subject token."""
     if wildcard and value == ANY:
         return value
-    if not _TOKEN.match(value):
+    if not _TOKEN.fullmatch(value):
         raise SubjectError(f"invalid {what} {value!r} for a subject token")
     return value
 
@@ -131,7 +131,7 @@ def inbox_prefix(tenant: str) -> str:
 def tenant_of(subject: str) -> str | None:
     """The tenant token of a voicemesh subject, or ``None`` if it is not one."""
     parts = subject.split(".")
-    if len(parts) >= 3 and parts[0] == ROOT and _TOKEN.match(parts[1]):
+    if len(parts) >= 3 and parts[0] == ROOT and _TOKEN.fullmatch(parts[1]):
         return parts[1]
     return None
 

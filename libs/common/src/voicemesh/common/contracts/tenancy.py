@@ -12,7 +12,8 @@ from voicemesh.common.contracts.errors import UnknownTenant
 
 __all__ = ["TENANT_ID_PATTERN", "Tenant", "TenantRegistry", "Vertical", "validate_tenant_id"]
 
-#: Tenant ids become subject tokens, so they use the NATS-safe alphabet only.
+#: Tenant ids become subject tokens, so they use the NATS-safe alphabet only. Match it with
+#: ``fullmatch`` (``re``'s ``$`` also matches before a trailing newline; pydantic's does not).
 TENANT_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 _TENANT_ID = re.compile(TENANT_ID_PATTERN)
 
@@ -35,7 +36,7 @@ class Vertical(StrEnum):
 
 def validate_tenant_id(tenant: str) -> str:
     """Return ``tenant`` if it is a valid tenant id, else raise ``ValueError``."""
-    if not _TENANT_ID.match(tenant):
+    if not _TENANT_ID.fullmatch(tenant):
         raise ValueError(
             f"invalid tenant id {tenant!r}: lowercase letters, digits, '-' and '_', "
             "starting with a letter or digit, at most 63 characters"

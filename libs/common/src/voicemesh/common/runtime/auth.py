@@ -6,6 +6,11 @@ or from both. Every service with an HTTP API mixes ``ApiKeySettings`` into its s
 and loads its keys with ``ApiKeys.from_settings(settings)``: one loader for every API.
 A request presents ``Authorization: Bearer <key>``; the key must belong to the tenant named
 in the path. Comparison is constant-time; keys are never logged.
+
+The key is checked before the tenant is looked up, so a caller without a key learns nothing
+about which tenants exist: 401 without a valid key, 403 for a key of another tenant (served
+here or not), and 404 only to the holder of a tenant's own key when this service does not
+serve that tenant.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from voicemesh.common.contracts.tenancy import TENANT_ID_PATTERN, TenantRegistry
 
-__all__ = ["ApiKeySettings", "ApiKeys", "tenant_guard"]
+__all__ = ["ApiKeySettings", "ApiKeys", "authorize_tenant", "tenant_guard"]
 
 
 class ApiKeySettings(BaseSettings):
@@ -76,29 +81,53 @@ class ApiKeys:
         digest = hashlib.sha256(key.encode()).digest()
         return any(hmac.compare_digest(digest, d) for d in self._digests.get(tenant, []))
 
+    def tenants_of(self, key: str) -> set[str]:
+        """The tenants ``key`` opens (none for a forged key); every digest is compared."""
+        digest = hashlib.sha256(key.encode()).digest()
+        return {
+            tenant
+            for tenant, digests in self._digests.items()
+            if sum(hmac.compare_digest(digest, d) for d in digests)
+        }
+
+
+def authorize_tenant(
+    keys: ApiKeys, tenants: TenantRegistry, tenant: str, authorization: str | None
+) -> str:
+    """Check ``Authorization: Bearer <key>`` for ``tenant``, then that it is served here.
+
+    401 without a bearer key or with a key that opens no tenant, 403 for a key of another
+    tenant, 404 (to the tenant's own key only) for a tenant this service does not serve.
+    """
+    scheme, _, key = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not key.strip():
+        raise _unauthorized("missing bearer API key")
+    opened = keys.tenants_of(key.strip())
+    if not opened:
+        raise _unauthorized("invalid API key")
+    if tenant not in opened:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "this key does not open this tenant")
+    if tenant not in tenants:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"unknown tenant {tenant!r}")
+    return tenant
+
+
+def _unauthorized(reason: str) -> HTTPException:
+    return HTTPException(
+        status.HTTP_401_UNAUTHORIZED, reason, headers={"WWW-Authenticate": "Bearer"}
+    )
+
 
 def tenant_guard(keys: ApiKeys, tenants: TenantRegistry) -> Callable[..., Awaitable[str]]:
     """A FastAPI dependency for routes with a ``{tenant}`` path parameter.
 
-    404 for a tenant this service does not serve, 401 without a bearer key, 403 for a key
-    that does not open this tenant. Returns the tenant id.
+    ``authorize_tenant`` on the path's tenant and the request's key; returns the tenant id.
     """
 
     async def guard(
         tenant: str = PathParam(pattern=TENANT_ID_PATTERN),
         authorization: str | None = Header(default=None),
     ) -> str:
-        if tenant not in tenants:
-            raise HTTPException(status.HTTP_404_NOT_FOUND, f"unknown tenant {tenant!r}")
-        scheme, _, key = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer" or not key:
-            raise HTTPException(
-                status.HTTP_401_UNAUTHORIZED,
-                "missing bearer API key",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
-        if not keys.allows(tenant, key.strip()):
-            raise HTTPException(status.HTTP_403_FORBIDDEN, "this key does not open this tenant")
-        return tenant
+        return authorize_tenant(keys, tenants, tenant, authorization)
 
     return guard

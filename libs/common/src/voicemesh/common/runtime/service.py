@@ -7,7 +7,9 @@ A service builds a ``MeshService`` in its ``create_app(settings)``, opens its da
 state to ``service.provide`` (reached typed with ``service.get(Kind)``), and its
 ``__main__`` calls ``serve``. The service is a
 FastStream app (the broker and its hooks) served next to a small HTTP app with ``/healthz``
-(200 only while the broker is connected) and ``/metrics``.
+(200 only while the broker is connected) and ``/metrics``. ``/metrics`` and the API docs are
+public unless the settings close them (``public_docs``, ``public_metrics``,
+``metrics_token``): open for ``make run``, closed in the production manifests.
 
 Start order: resources (``on_startup``) → broker and subscribers → HTTP ready.
 Stop order (SIGTERM or Ctrl-C): HTTP stops accepting → broker drains in-flight handlers
@@ -19,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import hmac
 import logging
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -26,7 +29,7 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import uvicorn
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Header, Request, Response
 from fastapi.responses import JSONResponse
 from faststream import FastStream
 from faststream.nats import NatsBroker
@@ -105,11 +108,15 @@ class MeshService:
         self._shutdown: list[Hook] = []
         self._running = False
         self._state: dict[type, object] = {}
+        docs = settings.public_docs
         self.http = FastAPI(
             title=f"voicemesh {name}",
             description=description,
             version="1.0.0",
             lifespan=self._lifespan,
+            openapi_url="/openapi.json" if docs else None,
+            docs_url="/docs" if docs else None,
+            redoc_url="/redoc" if docs else None,
         )
         self._up = Gauge(
             "voicemesh_broker_connected",
@@ -123,14 +130,15 @@ class MeshService:
             tags=["ops"],
             summary="200 while the broker is connected, else 503",
         )
-        self.http.add_api_route(
-            "/metrics",
-            self._metrics,
-            methods=["GET"],
-            tags=["ops"],
-            summary="Prometheus metrics",
-            include_in_schema=True,
-        )
+        if settings.public_metrics or settings.metrics_token is not None:
+            self.http.add_api_route(
+                "/metrics",
+                self._metrics,
+                methods=["GET"],
+                tags=["ops"],
+                summary="Prometheus metrics (a bearer token when VOICEMESH_METRICS_TOKEN is set)",
+                include_in_schema=True,
+            )
         for kind, status_code in HTTP_STATUS_OF_ERROR.items():
             self.http.add_exception_handler(kind, _answer_with(status_code))
 
@@ -225,7 +233,15 @@ class MeshService:
         body = f'{{"service":"{self.name}","broker":"{"connected" if ok else "disconnected"}"}}'
         return Response(body, status_code=200 if ok else 503, media_type="application/json")
 
-    async def _metrics(self) -> Response:
+    async def _metrics(self, authorization: str | None = Header(default=None)) -> Response:
+        token = self.settings.metrics_token
+        if token is not None:
+            scheme, _, presented = (authorization or "").partition(" ")
+            expected = token.get_secret_value().encode()
+            if scheme.lower() != "bearer" or not hmac.compare_digest(
+                presented.strip().encode(), expected
+            ):
+                return Response(status_code=401, headers={"WWW-Authenticate": "Bearer"})
         self._up.set(1 if await self.connected() else 0)
         return Response(generate_latest(self.telemetry.registry), media_type=CONTENT_TYPE_LATEST)
 

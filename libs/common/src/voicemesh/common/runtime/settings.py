@@ -90,6 +90,19 @@ class ServiceSettings(NatsSettings):
     http_port: int = Field(default=8000, ge=0, le=65535)
     graceful_timeout: float = Field(default=10.0, gt=0)
 
+    # -- what the HTTP API shows to anyone: open for ``make run``, closed in the manifests --
+    public_docs: bool = Field(
+        default=True, description="serve /docs, /redoc and /openapi.json without credentials"
+    )
+    public_metrics: bool = Field(
+        default=True, description="serve /metrics without credentials (unless metrics_token)"
+    )
+    metrics_token: SecretStr | None = Field(
+        default=None,
+        description="when set, /metrics needs 'Authorization: Bearer <token>' (Prometheus "
+        "scrape authorization), whatever public_metrics says",
+    )
+
     @field_validator("log_level")
     @classmethod
     def _check_level(cls, value: str) -> str:

@@ -74,7 +74,12 @@ R = TypeVar("R", bound=ToolOutput)
 
 @dataclass(frozen=True)
 class ToolCall:
-    """What a tool handler knows about the call besides its arguments."""
+    """What a tool handler knows about the call besides its arguments.
+
+    A request made on a call (``call_id`` set: the agent's) acts for that call's caller
+    only, whatever its model asked: its handler binds recipients and contacts to the call,
+    and the arguments bound to the call (``ToolSpec.call_bound``) were already refused. A
+    request with no call is a tenant backend's, with the tool's full rights."""
 
     tenant: Tenant
     request: ToolRequest
@@ -82,6 +87,10 @@ class ToolCall:
     @property
     def call_id(self) -> str | None:
         return self.request.call_id
+
+    @property
+    def on_call(self) -> bool:
+        return self.request.call_id is not None
 
 
 ToolHandler = Callable[[ToolCall, A], Awaitable[R]]
@@ -275,14 +284,7 @@ class ToolServer:
             raise ToolFailure(
                 ToolErrorCode.FORBIDDEN, f"{name} is not offered to {tenant.vertical.value} tenants"
             )
-        arguments = dict(request.arguments)
-        if (
-            request.idempotency_key
-            and "idempotency_key" in spec.arguments.model_fields
-            and "idempotency_key" not in arguments
-        ):
-            arguments["idempotency_key"] = request.idempotency_key
-        args = spec.arguments.model_validate(arguments)
+        args = spec.arguments_of(request)
         try:
             async with asyncio.timeout(spec.timeout_s):
                 output: ToolOutput = await handler(ToolCall(tenant, request), args)

@@ -3,7 +3,9 @@
 A profile's tools (the ``service.name`` of every action and check it uses) are offered to
 the model as functions named ``<service>_<name>`` whose parameters are the tool's own
 argument model (``voicemesh.common.contracts.tools.TOOLS``) minus ``idempotency_key``, which the
-agent supplies. A function call runs through the call's ``ToolClient`` over NATS, and the
+agent supplies, and minus the arguments the service takes from the call (``call_bound``: a
+text's recipient and free body), which the model is never offered and the service refuses
+from it. A function call runs through the call's ``ToolClient`` over NATS, and the
 model reads back ``{"ok": true, "result": ...}`` or ``{"ok": false, "error": {...}}``.
 ``end_call`` lets the model hang up after its farewell. Arguments and results are never
 logged: they carry PHI in healthcare-class verticals.
@@ -148,8 +150,8 @@ def _error(code: str, message: str) -> FunctionOutcome:
 def _parameters(spec: ToolSpec[Any, Any]) -> dict[str, Any]:
     schema: dict[str, Any] = spec.arguments.model_json_schema()
     schema.pop("title", None)
-    properties = dict(schema.get("properties", {}))
-    properties.pop("idempotency_key", None)
+    hidden = {"idempotency_key", *spec.call_bound}
+    properties = {k: v for k, v in schema.get("properties", {}).items() if k not in hidden}
     schema["properties"] = properties
-    schema["required"] = [r for r in schema.get("required", []) if r != "idempotency_key"]
+    schema["required"] = [r for r in schema.get("required", []) if r not in hidden]
     return schema

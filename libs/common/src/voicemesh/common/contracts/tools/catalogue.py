@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from voicemesh.common.contracts import subjects
+from voicemesh.common.contracts.events import ToolErrorCode, ToolRequest
 from voicemesh.common.contracts.tenancy import Vertical
 from voicemesh.common.contracts.tools.base import ToolArgs, ToolOutput
 from voicemesh.common.contracts.tools.calendar import (
@@ -20,6 +21,8 @@ from voicemesh.common.contracts.tools.calendar import (
 )
 from voicemesh.common.contracts.tools.crm import (
     AddNoteArgs,
+    CallerArgs,
+    CallerResult,
     Claim,
     ConflictCheckArgs,
     ConflictCheckResult,
@@ -36,6 +39,7 @@ from voicemesh.common.contracts.tools.crm import (
     SearchListingsArgs,
     UpsertContactArgs,
 )
+from voicemesh.common.contracts.tools.errors import ToolFailure
 from voicemesh.common.contracts.tools.sms import (
     SendSmsArgs,
     SendSmsResult,
@@ -60,6 +64,10 @@ class ToolSpec(Generic[A, R]):
     timeout_s: float = DEFAULT_TIMEOUT_S
     verticals: frozenset[Vertical] | None = None
     description: str = ""
+    #: arguments a request made on a call may not carry: the service takes them from the
+    #: call (its verified number, its templates), never from the model; nor are they offered
+    #: to one
+    call_bound: frozenset[str] = frozenset()
 
     @property
     def key(self) -> tuple[str, str]:
@@ -68,12 +76,29 @@ class ToolSpec(Generic[A, R]):
     def subject(self, tenant: str) -> str:
         return subjects.tool(tenant, self.service, self.name)
 
+    def arguments_of(self, request: ToolRequest) -> A:
+        """The request's arguments, validated; ``forbidden`` if a call's request sets one
+        that is bound to the call. The request's idempotency key fills a missing one."""
+        arguments = dict(request.arguments)
+        if request.call_id is not None:
+            bound = sorted(self.call_bound & arguments.keys())
+            if bound:
+                raise ToolFailure(
+                    ToolErrorCode.FORBIDDEN,
+                    f"{', '.join(bound)} cannot be set on a call: the call decides",
+                )
+        if request.idempotency_key and "idempotency_key" in self.arguments.model_fields:
+            arguments.setdefault("idempotency_key", request.idempotency_key)
+        return self.arguments.model_validate(arguments)
+
 
 _ALL_TOOLS: tuple[ToolSpec[Any, Any], ...] = (
     ToolSpec("crm", "lookup_contact", LookupContactArgs, ContactsResult, 2.0,
              description="find contacts by phone, email or name"),
     ToolSpec("crm", "upsert_contact", UpsertContactArgs, ContactResult, 3.0,
-             description="create a contact or update the one with this id, phone or email"),
+             description="create or update the caller's contact (never another's)"),
+    ToolSpec("crm", "caller", CallerArgs, CallerResult, 2.0,
+             description="the call's contact and verified number"),
     ToolSpec("crm", "add_note", AddNoteArgs, NoteResult, 3.0,
              description="add a note to a contact"),
     ToolSpec("crm", "list_interactions", ListInteractionsArgs, InteractionsResult, 3.0,
@@ -97,7 +122,8 @@ _ALL_TOOLS: tuple[ToolSpec[Any, Any], ...] = (
     ToolSpec("calendar", "list_appointments", ListAppointmentsArgs, AppointmentsResult, 3.0,
              description="appointments in a range of days, optionally for one phone"),
     ToolSpec("sms", "send", SendSmsArgs, SendSmsResult, 3.0,
-             description="queue a text message (sent once per idempotency key)"),
+             description="text the caller one of the business's templates (sent once)",
+             call_bound=frozenset({"to", "body"})),
 )  # fmt: skip
 
 TOOLS: dict[tuple[str, str], ToolSpec[Any, Any]] = {spec.key: spec for spec in _ALL_TOOLS}

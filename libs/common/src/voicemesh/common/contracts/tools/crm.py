@@ -1,4 +1,9 @@
-"""The crm service's tools: contacts, notes, interactions, listings, matters, policies, claims."""
+"""The crm service's tools: contacts, notes, interactions, listings, matters, policies, claims.
+
+On a call, ``upsert_contact`` is bound to the call's own contact (the one its request named by
+verified number, or the one the call created), and ``caller`` tells a tool service which
+contact and verified number that is.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +24,8 @@ from voicemesh.common.contracts.tools.base import (
 
 __all__ = [
     "AddNoteArgs",
+    "CallerArgs",
+    "CallerResult",
     "Claim",
     "ConflictCheckArgs",
     "ConflictCheckResult",
@@ -82,6 +89,17 @@ class UpsertContactArgs(ToolArgs):
 class ContactResult(ToolOutput):
     contact: ContactInfo
     created: bool
+
+
+class CallerArgs(ToolArgs):
+    """The request's call is the question: no arguments."""
+
+
+class CallerResult(ToolOutput):
+    """Who a call is with: its contact, and the number its request verified (if any)."""
+
+    contact_id: str | None = None
+    verified_phone: str | None = None
 
 
 class AddNoteArgs(ToolArgs):

@@ -40,6 +40,8 @@ def error_for(exc: BaseException) -> ToolError:
     """The typed error a caller sees for ``exc``; internals are never described."""
     if isinstance(exc, ToolFailure):
         return ToolError(code=exc.tool_code, message=_short(exc))
+    if isinstance(exc, ToolCallError):  # another tool's answer, passed on as it was given
+        return exc.error
     if isinstance(exc, ValidationError):
         return ToolError(code=ToolErrorCode.INVALID, message=_validation_message(exc))
     if isinstance(exc, TimeoutError | DeadlineExceeded):
