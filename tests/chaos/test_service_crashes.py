@@ -162,7 +162,7 @@ async def _tool(
     name: str,
     arguments: dict[str, Any],
     *,
-    call_id: str,
+    call_id: str | None,
     idempotency_key: str | None = None,
     retry: bool = False,
 ) -> ToolResult:
@@ -245,7 +245,9 @@ async def _simulated_call(
                 "sms",
                 "send",
                 {"to": phone, "body": f"Booked for {slot}", "purpose": "confirmation"},
-                call_id=call_id,
+                # Sent as the tenant's backend sends it: on a call, only the call's verified
+                # number can be texted, and only from a template (prompt-injection guard).
+                call_id=None,
                 idempotency_key=key,
                 retry=True,
             )

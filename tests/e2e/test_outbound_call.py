@@ -38,7 +38,7 @@ pytestmark = pytest.mark.slow
 
 TENANT = "demo-salon"
 BUNDLE_ID = "dev.voicemesh.phone"  # the demo app's bundle the stack's APNs keys are for
-REQUESTED_PHONE = "+15550100199"  # on the CallRequested: only for a missed-call text
+REQUESTED_PHONE = "+15550100199"  # on the CallRequested: the call's verified number
 SPOKEN_PHONE = "+15552345678"  # "five five five two three four five six seven eight"
 
 
@@ -146,13 +146,13 @@ async def test_requested_call_rings_answers_books_texts_records_and_is_one_trace
         assert ours[0]["status"] == "booked" and ours[0]["phone"] == numbers[-1], heard
         assert _same_digits(numbers[-1], SPOKEN_PHONE) >= 10, heard
         assert ours[0]["name"].lower().startswith("mary"), heard
-        booked_phone = ours[0]["phone"]
 
-        # The confirmation text in the outbox (the sms worker sends it asynchronously).
+        # The confirmation text in the outbox (the sms worker sends it asynchronously), to
+        # the number the backend verified, whatever number the caller spoke.
         async def confirmation() -> list[dict[str, Any]]:
             response = await http.get(
                 f"{mesh.url('sms')}/v1/{TENANT}/messages",
-                params={"to": booked_phone},
+                params={"to": REQUESTED_PHONE},
                 headers=auth,
             )
             return [

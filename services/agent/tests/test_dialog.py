@@ -12,7 +12,9 @@ from nats.aio.client import Client as NatsClient
 from voicemesh.agent.dialog import OfflineConversation, ToolUnavailable
 from voicemesh.agent.profiles import ProfileError, ProfileLibrary
 from voicemesh.agent.providers.base import CallContext, CallTools
+from voicemesh.common.contracts.events import ToolErrorCode, ToolRequest
 from voicemesh.common.contracts.tenancy import Tenant, Vertical
+from voicemesh.common.contracts.tools import SendSmsArgs, SendSmsResult, ToolFailure
 from voicemesh.common.runtime.tools import ToolClient
 from voicemesh.testkit.fakes import standard_desk
 
@@ -83,6 +85,28 @@ async def test_salon_books_tomorrow_at_three_pm_local_time(nats: NatsClient) -> 
         "staff": "Maria",
         "purpose": "confirmation",
     }
+
+
+async def test_a_refused_text_is_never_claimed_as_sent(nats: NatsClient) -> None:
+    # A call with no verified number cannot be texted: sms answers ``forbidden``.
+    desk = standard_desk(nats, "t-salon")
+
+    @desk.on("sms.send")
+    async def refuse(request: ToolRequest, args: SendSmsArgs) -> SendSmsResult:
+        raise ToolFailure(ToolErrorCode.FORBIDDEN, "this call has no verified number to text")
+
+    await desk.start()
+    conversation = _conversation(nats, "t-salon", "salon")
+    for line in [
+        "i would like to book a haircut with maria tomorrow at three p m",
+        "my name is john smith",
+        "five five five one two three four five six seven",
+        "yes please",
+    ]:
+        reply = await conversation.respond(line)
+    await desk.stop()
+    assert "all set" in reply.text and "text" not in reply.text.lower(), reply.text
+    assert desk.calls("calendar.book") and desk.calls("sms.send")
 
 
 async def test_a_taken_slot_asks_for_another_time_then_books(nats: NatsClient) -> None:

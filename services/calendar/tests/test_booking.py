@@ -6,22 +6,19 @@ import asyncio
 import contextlib
 import sqlite3
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
-from datetime import UTC, date, datetime, time, timedelta
+from collections.abc import Callable
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import httpx
-import pytest
 from nats.aio.client import Client as NatsClient
 from sqlalchemy import func, select
 from sqlmodel import col
 
-from voicemesh.calendar import CalendarSettings, create_app
 from voicemesh.calendar.models import Appointment, Reminder
 from voicemesh.calendar.store import Calendar
-from voicemesh.common import MeshService, SmsJob
+from voicemesh.common import SmsJob
 from voicemesh.common.contracts import streams, subjects
 from voicemesh.common.contracts.events import AppointmentChanged, ToolErrorCode
 from voicemesh.common.contracts.tools import AppointmentResult, AvailabilityResult
@@ -29,69 +26,7 @@ from voicemesh.common.runtime.db import Database
 from voicemesh.common.runtime.tools import ToolClient
 from voicemesh.testkit.fixtures import ProcessTracker, wait_until
 
-API_KEY = "calendar-test-key-0123456789"
-
-
-@dataclass
-class Running:
-    service: MeshService
-    tenant: str
-    tools: ToolClient
-    settings: CalendarSettings
-
-
-StartCalendar = Callable[..., Awaitable[Running]]
-
-
-@pytest.fixture
-async def start_calendar(
-    nats: NatsClient, nats_url: str, unique: Callable[[str], str]
-) -> AsyncIterator[StartCalendar]:
-    """Start an in-process calendar on the test's NATS; stopped at the end of the test."""
-    await streams.apply(nats.jetstream(), services=set())
-    started: list[MeshService] = []
-
-    async def start(database_url: str, tenant: str | None = None, **overrides: object) -> Running:
-        tenant = tenant or unique("t")
-        fields: dict[str, object] = {
-            "nats_urls": [nats_url],
-            "database_url": database_url,
-            "tenants": f"{tenant}:salon",
-            "api_keys": f"{tenant}:{API_KEY}",
-            "open_time": "00:00",
-            "close_time": "23:59",
-            "open_days": "mon,tue,wed,thu,fri,sat,sun",
-            "slot_minutes": 30,
-            "reminder_poll_s": 0,
-            "tool_workers": 64,
-            **overrides,
-        }
-        settings = CalendarSettings.model_validate(fields)
-        service = create_app(settings)
-        await service.start()
-        started.append(service)
-        return Running(service, tenant, ToolClient(nats, source="test"), settings)
-
-    yield start
-    for service in reversed(started):
-        await service.stop()
-
-
-ZONE = ZoneInfo("America/New_York")
-
-
-# The days these tests book are fixed when the module loads, half a day on: a run that crosses
-# midnight in New York still books the same (future) days it started with.
-BASE_DAY = (datetime.now(ZONE) + timedelta(hours=12)).date()
-
-
-def slot(days_ahead: int = 1, hour: int = 10, minute: int = 0) -> datetime:
-    day = BASE_DAY + timedelta(days=days_ahead)
-    return datetime.combine(day, time(hour, minute), tzinfo=ZONE).astimezone(UTC)
-
-
-def book_args(start: datetime, key: str, phone: str | None = "+15555550100") -> dict[str, object]:
-    return {"start": start.isoformat(), "name": "Ada", "phone": phone, "idempotency_key": key}
+from .conftest import API_KEY, BASE_DAY, Running, StartCalendar, book_args, slot
 
 
 async def hundred_callers_one_slot(cal: Running) -> None:

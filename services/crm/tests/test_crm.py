@@ -13,7 +13,15 @@ import pytest
 from nats.aio.client import Client as NatsClient
 from nats.js.client import JetStreamContext
 
-from voicemesh.common import CallEnded, CallRequested, DeadLetter, EndReason, Envelope, MeshService
+from voicemesh.common import (
+    CallConnected,
+    CallEnded,
+    CallRequested,
+    DeadLetter,
+    EndReason,
+    Envelope,
+    MeshService,
+)
 from voicemesh.common.contracts import streams, subjects
 from voicemesh.common.contracts.events import (
     AppointmentChanged,
@@ -210,6 +218,47 @@ async def test_on_a_call_upsert_writes_only_the_calls_own_contact(crm: Crm) -> N
     assert moved["contact"]["phone"] == "+15555550144"
     no_call = await crm.call(t, "caller", {})
     assert no_call.error is not None and no_call.error.code is ToolErrorCode.INVALID
+
+
+async def test_a_connected_call_with_a_vouched_phone_binds_its_caller(crm: Crm) -> None:
+    """A call the tenant backend created at the gateway with a phone (its ``CallConnected``
+    carries it) acts for that number, as a pushed call's ``CallRequested`` does."""
+    t, verified = crm.homes, "+15555550150"
+    maria = (await crm.ok(t, "upsert_contact", {"name": "Maria Lopez", "phone": PHONE}))["contact"]
+    events: list[Envelope] = [
+        # No phone (the /demo page's call, a pushed call's own): nothing to bind.
+        CallConnected(tenant=t, call_id="call-demo", source="test"),
+        CallConnected(tenant=t, call_id="call-in", source="test", phone=verified),
+        CallRequested(tenant=t, call_id="call-out", source="test", user_id="u", phone=verified),
+    ]
+    for event in events:
+        await crm.publish(event, subjects.call_lifecycle(t, event.call_id))
+
+    async def bound(call_id: str) -> dict[str, Any] | None:
+        caller = await crm.ok(t, "caller", {}, call_id=call_id)
+        return caller if caller["verified_phone"] else None
+
+    inbound = await wait_until(lambda: bound("call-in"), timeout=10, what="call-in bound")
+    outbound = await wait_until(lambda: bound("call-out"), timeout=10, what="call-out bound")
+    assert inbound == outbound and inbound["verified_phone"] == verified
+    assert inbound["contact_id"] != maria["contact_id"]
+    # The consumer takes the stream in order: the phone-less event came and bound nothing.
+    unbound = await crm.ok(t, "caller", {}, call_id="call-demo")
+    assert unbound == {"contact_id": None, "verified_phone": None}
+    # Bound as a pushed call is: another contact stays out of reach, and the call's history
+    # lands on the verified contact.
+    refused = await crm.call(
+        t, "upsert_contact", {"phone": PHONE, "name": "Not Maria"}, call_id="call-in"
+    )
+    assert refused.error is not None and refused.error.code is ToolErrorCode.FORBIDDEN
+    ended = CallEnded(tenant=t, call_id="call-in", source="test", reason=EndReason.HANGUP)
+    await crm.publish(ended, subjects.call_lifecycle(t, "call-in"))
+
+    async def history() -> list[Any]:
+        found = await crm.ok(t, "list_interactions", {"contact_id": inbound["contact_id"]})
+        return [i for i in found["interactions"] if i["kind"] == "call"]
+
+    assert len(await wait_until(history, timeout=10, what="the call in the history")) == 1
 
 
 async def test_another_replicas_write_shows_once_the_cache_entry_expires(

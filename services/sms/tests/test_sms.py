@@ -3,132 +3,20 @@
 from __future__ import annotations
 
 import base64
-import json
-import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl
 
-import httpx
-import pytest
-from nats.aio.client import Client as NatsClient
-from nats.js.client import JetStreamContext
-
-from voicemesh.common import DeadLetter, MeshService, SmsJob
-from voicemesh.common.contracts import streams, subjects
-from voicemesh.common.contracts.events import SmsStatus, ToolRequest, ToolResult
+from voicemesh.common import DeadLetter, SmsJob
+from voicemesh.common.contracts import subjects
+from voicemesh.common.contracts.events import ToolRequest, ToolResult
 from voicemesh.common.contracts.ids import derived_id
 from voicemesh.common.contracts.tools import CallerArgs, CallerResult
 from voicemesh.common.runtime.tools import ToolClient
-from voicemesh.sms import SmsSettings, create_app
-from voicemesh.sms.app import twilio_signature
 from voicemesh.sms.sender import SmsSender
 from voicemesh.testkit.fakes import ToolDesk
-from voicemesh.testkit.fixtures import wait_until
 
-API_KEY = "sms-test-key-0123456789abc"
-PHONE = "+15555550123"
-
-
-@dataclass
-class Sms:
-    service: MeshService
-    tenant: str
-    http: httpx.AsyncClient
-    js: JetStreamContext
-    nats: NatsClient
-    statuses: list[SmsStatus] = field(default_factory=list)
-
-    async def publish(self, key: str, to: str = PHONE, event_id: str | None = None) -> SmsJob:
-        job = SmsJob(
-            tenant=self.tenant, source="test", idempotency_key=key, to=to, body=f"hello {key}"
-        )
-        if event_id:
-            job = job.model_copy(update={"event_id": event_id})
-        await self.js.publish(
-            subjects.sms_outbound(self.tenant),
-            job.model_dump_json().encode(),
-            headers={"Nats-Msg-Id": job.event_id},
-        )
-        return job
-
-    async def status_of(self, key: str, status: str, timeout: float = 15) -> SmsStatus:
-        result: SmsStatus = await wait_until(
-            lambda: next(
-                (s for s in self.statuses if s.idempotency_key == key and s.status == status), None
-            ),
-            timeout,
-            what=f"{status} for {key}",
-        )
-        return result
-
-    async def settled(self) -> None:
-        async def idle() -> bool:
-            info = await self.js.consumer_info("SMS", "sms-jobs")
-            return bool(info.num_pending == 0 and info.num_ack_pending == 0)
-
-        await wait_until(idle, timeout=15, what="every job acked")
-
-    async def messages(self) -> list[dict[str, Any]]:
-        response = await self.http.get(f"/v1/{self.tenant}/messages")
-        assert response.status_code == 200, response.text
-        rows: list[dict[str, Any]] = response.json()
-        return rows
-
-
-StartSms = Callable[..., Awaitable[Sms]]
-
-
-@pytest.fixture
-async def start_sms(
-    nats: NatsClient,
-    nats_url: str,
-    redis_url: str,
-    sqlite_url: str,
-    unique: Callable[[str], str],
-) -> AsyncIterator[StartSms]:
-    js = nats.jetstream()
-    await streams.apply(js, services={"sms"})
-    started: list[tuple[MeshService, httpx.AsyncClient]] = []
-    subs = []
-
-    async def start(tenant: str | None = None, **overrides: object) -> Sms:
-        tenant = tenant or unique("t")
-        settings = SmsSettings.model_validate(
-            {
-                "nats_urls": [nats_url],
-                "redis_url": redis_url,
-                "database_url": sqlite_url,
-                "tenants": f"{tenant}:salon",
-                "api_keys": f"{tenant}:{API_KEY}",
-                **overrides,
-            }
-        )
-        service = create_app(settings)
-        await service.start()
-        http = httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=service.http),
-            base_url="http://sms",
-            headers={"Authorization": f"Bearer {API_KEY}"},
-        )
-        started.append((service, http))
-        sms = Sms(service, tenant, http, js, nats)
-
-        async def on_status(msg: Any) -> None:
-            sms.statuses.append(SmsStatus.model_validate_json(msg.data))
-
-        subs.append(await nats.subscribe(subjects.event(tenant, "sms"), cb=on_status))
-        return sms
-
-    yield start
-    for sub in subs:
-        await sub.unsubscribe()
-    for service, http in reversed(started):
-        await http.aclose()
-        await service.stop()
+from .conftest import API_KEY, PHONE, TWILIO, FakeTwilio, StartSms, twilio_signature
 
 
 async def test_a_job_published_twice_sends_one_message(start_sms: StartSms) -> None:
@@ -277,63 +165,6 @@ async def test_malformed_job_is_dead_lettered_and_the_consumer_goes_on(
 # --- Twilio ------------------------------------------------------------------------------------
 
 
-@dataclass
-class FakeTwilio:
-    """A local HTTP server that answers like Twilio's Messages API, from a script."""
-
-    script: list[tuple[int, dict[str, Any]]]
-    requests: list[dict[str, Any]] = field(default_factory=list)
-    url: str = ""
-
-
-@pytest.fixture
-def twilio() -> Iterator[FakeTwilio]:
-    fake = FakeTwilio(script=[])
-    lock = threading.Lock()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            length = int(self.headers.get("Content-Length", "0"))
-            form = dict(parse_qsl(self.rfile.read(length).decode()))
-            with lock:
-                fake.requests.append(
-                    {"path": self.path, "auth": self.headers.get("Authorization"), "form": form}
-                )
-                status, payload = fake.script.pop(0) if fake.script else (201, {})
-            if status == 201:
-                payload = {"sid": f"SM{len(fake.requests):032d}", "status": "queued", **payload}
-            body = json.dumps(payload).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            if status == 429:
-                self.send_header("Retry-After", "1")
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            return
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    fake.url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield fake
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
-TWILIO = {
-    "provider": "twilio",
-    "twilio_account_sid": "AC0123456789abcdef0123456789abcdef",
-    "twilio_auth_token": "twilio-test-token-0123456789",
-    "sender_id": "+15550001111",
-    "public_url": "https://sms.example.test",
-}
-
-
 async def test_twilio_form_fields_429_and_5xx_then_delivery_report(
     start_sms: StartSms, twilio: FakeTwilio
 ) -> None:
@@ -358,9 +189,7 @@ async def test_twilio_form_fields_429_and_5xx_then_delivery_report(
     # Twilio's delivery report, signed as Twilio signs it; a forged one is refused.
     path = f"/v1/{sms.tenant}/twilio/status"
     form = {"MessageSid": sent.provider_id, "MessageStatus": "delivered", "AccountSid": sid}
-    signature = twilio_signature(
-        TWILIO["twilio_auth_token"], "https://sms.example.test" + path, form
-    )
+    signature = twilio_signature("https://sms.example.test" + path, form)
     forged = await sms.http.post(path, data=form, headers={"X-Twilio-Signature": "bad"})
     assert forged.status_code == 403
     report = await sms.http.post(path, data=form, headers={"X-Twilio-Signature": signature})
@@ -388,9 +217,7 @@ async def test_twilio_refusals_are_final_and_unsubscribed_numbers_opt_out(
     # An inbound STOP through Twilio's webhook, signature checked.
     path = f"/v1/{sms.tenant}/twilio/inbound"
     form = {"From": PHONE, "Body": "STOP", "To": "+15550001111"}
-    signature = twilio_signature(
-        TWILIO["twilio_auth_token"], "https://sms.example.test" + path, form
-    )
+    signature = twilio_signature("https://sms.example.test" + path, form)
     reply = await sms.http.post(path, data=form, headers={"X-Twilio-Signature": signature})
     assert reply.status_code == 200 and "<Response>" in reply.text
     assert PHONE in (await sms.http.get(f"/v1/{sms.tenant}/opt-outs")).json()

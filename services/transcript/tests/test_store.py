@@ -8,6 +8,7 @@ import pytest
 
 from voicemesh.common.contracts.events import Speaker, TranscriptSegment
 from voicemesh.common.runtime.db import Database
+from voicemesh.testkit.events import transcript_segment
 from voicemesh.transcript.store import SearchQuery, TranscriptStore
 
 
@@ -27,16 +28,8 @@ def seg(
     tenant: str = "acme",
     call: str = "c1",
 ) -> TranscriptSegment:
-    return TranscriptSegment(
-        tenant=tenant,
-        call_id=call,
-        source="agent",
-        segment_id=f"{call}:{speaker.value}:{n}",
-        speaker=speaker,
-        text=text,
-        start_s=start,
-        end_s=start + 1.5,
-        final=final,
+    return transcript_segment(
+        tenant, call, speaker, n, text, start_s=start, end_s=start + 1.5, final=final
     )
 
 

@@ -17,6 +17,7 @@ from nats.aio.client import Client as NatsClient
 
 from voicemesh.common import DeadLetter, Speaker, TranscriptSegment
 from voicemesh.common.contracts import streams, subjects
+from voicemesh.testkit.events import transcript_segment
 from voicemesh.testkit.fixtures import OtlpReceiver, ProcessTracker, wait_until
 
 HC_KEY = "hc-transcript-key-0123456789"
@@ -36,15 +37,8 @@ def _segments(tenant: str, call: str) -> list[TranscriptSegment]:
     for i, (speaker, text) in enumerate(lines):
         counts[speaker] += 1
         out.append(
-            TranscriptSegment(
-                tenant=tenant,
-                call_id=call,
-                source="agent",
-                segment_id=f"{call}:{speaker.value}:{counts[speaker]}",
-                speaker=speaker,
-                text=text,
-                start_s=i * 3.0,
-                end_s=i * 3.0 + 2.5,
+            transcript_segment(
+                tenant, call, speaker, counts[speaker], text, start_s=i * 3.0, end_s=i * 3.0 + 2.5
             )
         )
     return out

@@ -215,6 +215,7 @@ class OfflineConversation:
 
     async def _complete(self, intent: IntentSpec) -> Reply:
         name = self.state.intent
+        done = [intent.done]
         for action in intent.actions:
             result = await self._run_action(action)
             if result is None:
@@ -223,7 +224,9 @@ class OfflineConversation:
                 if action.optional:
                     continue
                 raise ToolUnavailable(f"{action.tool} failed")
-        message = self._render(intent.done)
+            if action.said:
+                done.append(action.said)
+        message = self._render(" ".join(done))
         self._reset()
         if intent.hangup_after:
             return Reply(message, hangup=True, intent=name)

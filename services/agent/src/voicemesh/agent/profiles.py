@@ -97,6 +97,9 @@ class ActionSpec(_Model):
     retry_slot: str | None = None
     #: a failing optional action (the confirmation text) does not fail the intent
     optional: bool = False
+    #: said after the intent's ``done`` line only when this action succeeded ("I've texted
+    #: you"): a text the sms service refused is never claimed as sent
+    said: str = ""
     idempotent: bool = False
     #: a result field that must be non-empty; otherwise the error code is ``empty``
     require: str | None = None

@@ -1,14 +1,16 @@
 """The audit service application: ``create_app(settings)`` wires it, ``__main__`` runs it.
 
 Three durable consumers (``audit-calls``, ``audit-events``, ``audit-sms``) feed one chain
-writer; the HTTP API reads the log. The database opens before the broker starts and
-closes after it has drained, so no consumed event is left without its transaction.
+writer; the HTTP API reads the log; with a signing key, ``HeadSigner`` signs and exports
+each moved chain head. The database opens before the broker starts and closes after it
+has drained, so no consumed event is left without its transaction.
 """
 
 from __future__ import annotations
 
 import logging
 
+from voicemesh.audit.anchor import HeadSigner, load_private_key
 from voicemesh.audit.api import audit_router
 from voicemesh.audit.ingest import AuditIngest
 from voicemesh.audit.settings import AuditSettings
@@ -45,6 +47,20 @@ def create_app(settings: AuditSettings) -> MeshService:
         writer.start()
 
     service.on_shutdown(writer.stop)
+
+    if (pem := settings.signing_key_pem()) is not None:
+        tenants = None if settings.tenant == "*" else [settings.tenant]
+        service.own(
+            HeadSigner(
+                store.db,
+                service.events,
+                load_private_key(pem),
+                tenants=tenants,
+                interval_s=settings.head_interval_s,
+            )
+        )
+    else:
+        log.warning("no audit signing key: chain heads are not signed or exported")
 
     service.http.include_router(
         audit_router(store, ApiKeys.from_settings(settings), service.tenants)

@@ -23,6 +23,7 @@ from faststream.nats.message import NatsMessage
 from nats.aio.msg import Msg
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from voicemesh.audit.anchor import HEAD_EVENT_TYPE
 from voicemesh.audit.chain import ChainEntry, canonical_json, iso_timestamp
 from voicemesh.audit.store import ChainWriter
 from voicemesh.common.contracts import subjects
@@ -166,9 +167,16 @@ class AuditIngest:
         accepted: list[tuple[Msg, ChainEntry]] = []
         for msg in messages:
             try:
-                accepted.append((msg, parse_message(msg.subject, msg.data, self._tenants)))
+                entry = parse_message(msg.subject, msg.data, self._tenants)
             except PermanentError as exc:
                 await self._delivery.settle(msg, exc, consumer=consumer, max_deliver=max_deliver)
+                continue
+            if entry.event_type == HEAD_EVENT_TYPE:
+                # The chain's own signed heads: kept by the stream, outside the chain (each
+                # recorded head would move the head, to be signed again, forever).
+                await msg.ack()
+                continue
+            accepted.append((msg, entry))
         if not accepted:
             return
         try:

@@ -9,6 +9,7 @@ through ``bookings.BookingWriter``, which commits concurrent bookings in groups.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import functools
 import time as clock
 from collections.abc import AsyncIterator, Callable
@@ -24,6 +25,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from voicemesh.calendar.bookings import BookingWriter
 from voicemesh.calendar.models import Appointment, BusinessHours, Reminder, new_id
+from voicemesh.calendar.schema import ensure_no_overlap
 from voicemesh.calendar.settings import WEEKDAYS, CalendarSettings
 from voicemesh.common import NotFound, TenantRegistry
 from voicemesh.common.contracts.events import ToolErrorCode
@@ -132,6 +134,24 @@ def _slot_set(hours: Hours, day: date) -> frozenset[datetime]:
     return frozenset(hours.slots_on(day))
 
 
+def _free(
+    starts: list[datetime], length: timedelta, booked: list[tuple[datetime, datetime]]
+) -> list[datetime]:
+    """The ``starts`` whose ``[start, start + length)`` meets no range of ``booked``.
+
+    ``booked`` is sorted and its ranges do not overlap (the database sees to that), so their
+    ends are sorted too: the one range that can meet a slot is the first that ends after it
+    starts.
+    """
+    ends = [end for _, end in booked]
+    free = []
+    for start in starts:
+        i = bisect.bisect_right(ends, start)
+        if i == len(booked) or booked[i][0] >= start + length:
+            free.append(start)
+    return free
+
+
 def appointment_info(row: Appointment) -> AppointmentInfo:
     return AppointmentInfo(
         appointment_id=row.id,
@@ -169,7 +189,8 @@ class Calendar:
         self._bookings = BookingWriter(db, self._write_lock)
 
     async def start(self) -> None:
-        """Start the booking writer (after the tables exist)."""
+        """Give the tables their no-overlap rule, then start the booking writer."""
+        await ensure_no_overlap(self._db)
         await self._bookings.start()
 
     async def stop(self) -> None:
@@ -254,22 +275,26 @@ class Calendar:
         candidates = [s for d in range(days) for s in hours.slots_on(day + timedelta(days=d))]
         now = self._now()
         candidates = [s for s in candidates if s > now]
-        taken: set[datetime] = set()
+        booked: list[tuple[datetime, datetime]] = []
         if candidates:
+            # Every booked range that meets the candidates' span, whatever grid it was made on:
+            # after a change of hours, a free start can still overlap an older booking.
             async with self._session() as session:
                 rows = await session.exec(
-                    select(Appointment.slot_start).where(
+                    select(Appointment.slot_start, Appointment.slot_end).where(
                         Appointment.tenant == tenant,
                         Appointment.status == "booked",
-                        col(Appointment.slot_start) >= to_db(candidates[0]),
-                        col(Appointment.slot_start) <= to_db(candidates[-1]),
+                        col(Appointment.slot_start) < to_db(candidates[-1] + hours.slot),
+                        col(Appointment.slot_end) > to_db(candidates[0]),
                     )
                 )
-                taken = {from_db(r) for r in rows.all()}
+                booked = sorted((from_db(start), from_db(end)) for start, end in rows.all())
         return AvailabilityResult(
             time_zone=hours.time_zone,
             slot_minutes=hours.slot_minutes,
-            slots=[Slot(start=s, end=s + hours.slot) for s in candidates if s not in taken],
+            slots=[
+                Slot(start=s, end=s + hours.slot) for s in _free(candidates, hours.slot, booked)
+            ],
         )
 
     # -- bookings ---------------------------------------------------------------------------

@@ -1,9 +1,10 @@
 """The crm service application: ``create_app(settings)`` wires it, ``__main__`` runs it.
 
 Tools on ``vm.<tenant>.tool.crm.*`` (on a call, bound to the call's own contact:
-``callers``); contact history fed by two durable consumers
-(``crm-calls`` on call lifecycle, ``crm-events`` on appointment and SMS events), each acking
-only after its row is committed; an authenticated read API under ``/v1/{tenant}/``.
+``callers``, from the verified phone of ``CallRequested`` or ``CallConnected``); contact
+history fed by two durable consumers (``crm-calls`` on call lifecycle, ``crm-events`` on
+appointment and SMS events), each acking only after its row is committed; an authenticated
+read API under ``/v1/{tenant}/``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pydantic import BaseModel, ValidationError
 from voicemesh.common import (
     AnyEvent,
     AppointmentChanged,
+    CallConnected,
     CallEnded,
     CallMissed,
     CallRequested,
@@ -143,8 +145,10 @@ def _consumers(service: MeshService, settings: CrmSettings, crm: Crm, callers: C
     @subscribe_durable(service.broker, streams.consumer("crm", "calls"), settings.tenant)
     async def on_call(event: LifecycleEvent) -> None:
         service.tenants.served(event.tenant)
-        if isinstance(event, CallRequested):
-            if event.phone:  # the tenant backend's word: the call acts for this number
+        if isinstance(event, CallRequested | CallConnected):
+            # The tenant backend's word (a pushed call's request, or a call it created at
+            # the gateway with its API key): the call acts for this number.
+            if event.phone:
                 await callers.bind_verified(event.tenant, event.call_id, event.phone)
             return
         if not isinstance(event, CallEnded | CallMissed):

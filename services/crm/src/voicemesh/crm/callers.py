@@ -3,8 +3,9 @@
 A call's tool requests come from its agent, which does what its model says, and a caller can
 talk a model into anything: "update the number on file for Maria Lopez". So a request made on
 a call never chooses whose contact it writes. The call acts for one contact, bound here: the
-one its request named by a verified number (``CallRequested.phone``, the tenant backend's
-word), or else the one the call itself creates. Its name and email may change; its number on
+one named by a verified number (the tenant backend's word: ``CallRequested.phone`` for a
+pushed call, ``CallConnected.phone`` for one it created at the gateway with its API key), or
+else the one the call itself creates. Its name and email may change; its number on
 file may not, and no other contact is touched. A request with no call (a tenant backend)
 keeps the full ``upsert_contact``.
 """

@@ -3,7 +3,10 @@
 Routes (``/v1``):
 
 * ``POST /v1/{tenant}/calls``: create a call (tenant API key, or no key for a demo tenant
-  from /demo) → ``201 {call_id, token, expires_at, whip_url}``;
+  from /demo) → ``201 {call_id, token, expires_at, whip_url}``. With the key, an optional
+  JSON body ``{"phone": "+1…"}`` vouches for the caller's E.164 number: it rides on the
+  call's ``CallConnected``, so crm binds the call to it and sms may text it. Without the
+  key it is refused (401): a browser must not choose whose number gets texted;
 * ``POST /v1/{tenant}/calls/{call}/whip``: SDP offer with the call token → ``201`` answer,
   ``Location`` (the session) and ``Link: <turn:…>; rel="ice-server"`` headers;
   ``307`` to a worker with room when this one is full, ``503`` + ``Retry-After`` when all are;
@@ -45,6 +48,7 @@ from voicemesh.common.runtime.ratelimit import SlidingWindowLimiter, too_many_re
 from voicemesh.common.runtime.telemetry import trace_context_from
 from voicemesh.common.runtime.tokens import CallClaims, issue_call_token, verify_call_token
 from voicemesh.gateway._tasks import LoopLagMonitor
+from voicemesh.gateway.bodies import JSON, SDP, NewCall, new_call, read_body, require_type
 from voicemesh.gateway.calls import CallManager, OfferRejected
 from voicemesh.gateway.media import patch_aiortc
 from voicemesh.gateway.registry import CallRecord, Registry, WorkerInfo
@@ -225,20 +229,6 @@ def _busy(retry_after: int) -> HTTPException:
     )
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        log.info("refused a request: body of %s bytes over the %d limit", declared, limit)
-        raise HTTPException(413, f"body larger than {limit} bytes")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            log.info("refused a request: body over the %d-byte limit", limit)
-            raise HTTPException(413, f"body larger than {limit} bytes")
-    return bytes(body)
-
-
 def _redirect(url: str) -> Response:
     # 307 keeps the method and body: the client re-POSTs its offer to the other worker.
     return Response(status_code=307, headers={"Location": url})
@@ -296,13 +286,24 @@ def create_app(settings: GatewaySettings, *, api_keys: ApiKeys | None = None) ->
             ),
         }
 
-    @http.post("/v1/{tenant}/calls", status_code=201, tags=["calls"])
+    @http.post(
+        "/v1/{tenant}/calls",
+        status_code=201,
+        tags=["calls"],
+        openapi_extra={
+            "requestBody": {"content": {JSON: {"schema": NewCall.model_json_schema()}}}
+        },
+    )
     async def create_call(
-        tenant: str, authorization: str | None = Header(default=None)
+        tenant: str, request: Request, authorization: str | None = Header(default=None)
     ) -> JSONResponse:
         demo = settings.demo_enabled and tenant in gw.demo_tenants and tenant in service.tenants
-        if authorization or not demo:
+        keyed = bool(authorization) or not demo
+        if keyed:
             authorize_tenant(gw.keys, service.tenants, tenant, authorization)
+        new = await new_call(request)
+        if new.phone is not None and not keyed:
+            raise _unauthorized("only the tenant's API key can vouch for a phone number")
         await gw.rate_limit("call", tenant)
         if gw.calls.has_room():
             url = gw.worker_url
@@ -314,7 +315,9 @@ def create_app(settings: GatewaySettings, *, api_keys: ApiKeys | None = None) ->
         token, claims = issue_call_token(
             gw.secret(), tenant, call_id, ttl_s=settings.call_token_ttl_s
         )
-        await gw.reg.put_call(CallRecord(call_id, tenant, "created", worker_url=url))
+        await gw.reg.put_call(
+            CallRecord(call_id, tenant, "created", worker_url=url, phone=new.phone)
+        )
         return JSONResponse(
             {
                 "call_id": call_id,
@@ -348,12 +351,10 @@ def create_app(settings: GatewaySettings, *, api_keys: ApiKeys | None = None) ->
         call_id: str,
         request: Request,
         authorization: str | None = Header(default=None),
-        content_type: str | None = Header(default=None),
     ) -> Response:
         claims = gw.call_token(authorization, tenant, call_id)
         gw.check_tenant(tenant)
-        if (content_type or "").split(";")[0].strip().lower() != SDP:
-            raise HTTPException(415, f"the offer must be {SDP}")
+        require_type(request, SDP)
         await gw.rate_limit("offer", tenant)
         sdp = await _sdp_body(request)
         try:
@@ -383,17 +384,12 @@ def create_app(settings: GatewaySettings, *, api_keys: ApiKeys | None = None) ->
 
     @http.post("/v1/{tenant}/calls/{call_id}/whip/{session_id}", tags=["calls"])
     async def whip_reconnect(
-        tenant: str,
-        call_id: str,
-        session_id: str,
-        request: Request,
-        content_type: str | None = Header(default=None),
+        tenant: str, call_id: str, session_id: str, request: Request
     ) -> Response:
         call = gw.calls.call_for_session(session_id)
         if call is None or call.call_id != call_id or call.tenant != tenant:
             return await _elsewhere(gw, tenant, call_id, request)
-        if (content_type or "").split(";")[0].strip().lower() != SDP:
-            raise HTTPException(415, f"the offer must be {SDP}")
+        require_type(request, SDP)
         sdp = await _sdp_body(request)
         try:
             answer = await gw.calls.reconnect(call, screen_offer(sdp))
@@ -419,7 +415,7 @@ def create_app(settings: GatewaySettings, *, api_keys: ApiKeys | None = None) ->
         )
 
     async def _sdp_body(request: Request) -> str:
-        body = await _read_body(request, settings.max_sdp_bytes)
+        body = await read_body(request, settings.max_sdp_bytes)
         try:
             return body.decode("utf-8")
         except UnicodeDecodeError:
@@ -438,6 +434,7 @@ async def _connect(
     if record is not None and record.state == "live":
         raise HTTPException(409, "the call is already connected; reconnect on its Location")
     origin = record.origin if record is not None else "push"
+    phone = record.phone if record is not None else None  # the tenant backend's word
     vertical = service.tenants.get(tenant)
     # A pushed phone sends the push's traceparent back: the call joins the trace its
     # request started (absent or malformed, the offer starts a trace of its own).
@@ -454,11 +451,14 @@ async def _connect(
                 sdp,
                 origin=origin,
                 vertical=vertical.vertical.value if vertical else None,
+                phone=phone,
             )
         except OfferRejected as exc:
             log.info("could not answer a WHIP offer: %s", exc)
             raise HTTPException(400, str(exc)) from None
-    await gw.reg.put_call(CallRecord(call_id, tenant, origin, gw.worker_id, gw.worker_url, "live"))
+    await gw.reg.put_call(
+        CallRecord(call_id, tenant, origin, gw.worker_id, gw.worker_url, "live", phone)
+    )
     return _answer(gw, call.tenant, call.call_id, call.session_id, answer)
 
 

@@ -6,7 +6,8 @@ offer for the same call within ``reconnect_grace_s``: aiortc cannot ICE-restart)
 agent's conversation goes on because the NATS side of the call is kept.
 
 Lifecycle events are published once per call (``CallAnswered`` for pushed calls,
-``CallConnected`` on the first ICE connection, ``CallEnded`` with its reason); the NATS
+``CallConnected`` on the first ICE connection, with the phone the tenant backend vouched
+for, if any; ``CallEnded`` with its reason); the NATS
 side of a call (audio, control, transcripts, those events) is ``callbus.CallBus``.
 
     state:  connecting ──ICE──► live ──PC lost──► grace ──new offer──► connecting
@@ -61,6 +62,8 @@ class CallSession:
     vertical: str | None
     origin: str
     playout: Playout
+    #: The E.164 number the tenant backend vouched for, sent on ``CallConnected``.
+    phone: str | None = None
     state: str = "connecting"
     session_id: str = ""
     pc: RTCPeerConnection | None = None
@@ -145,7 +148,14 @@ class CallManager:
     # -- offers ------------------------------------------------------------------------------
 
     async def connect(
-        self, tenant: str, call_id: str, sdp: str, *, origin: str, vertical: str | None
+        self,
+        tenant: str,
+        call_id: str,
+        sdp: str,
+        *,
+        origin: str,
+        vertical: str | None,
+        phone: str | None = None,
     ) -> tuple[CallSession, str]:
         """A first offer for a call: a new session. Returns it and the SDP answer."""
         if not _CALL_ID.fullmatch(call_id):
@@ -158,6 +168,7 @@ class CallManager:
             call_id=call_id,
             vertical=vertical,
             origin=origin,
+            phone=phone,
             playout=Playout(prefill_ms=self._prefill_ms, max_ms=self._max_ms),
             trace=otel_context.get_current(),
         )
@@ -262,7 +273,9 @@ class CallManager:
         call.ever_connected = True
         call.connected_at = time.monotonic()
         direction = "outbound" if call.origin == "push" else "inbound"
-        await self.bus.lifecycle(call, CallConnected, direction=direction, vertical=call.vertical)
+        await self.bus.lifecycle(
+            call, CallConnected, direction=direction, vertical=call.vertical, phone=call.phone
+        )
         call.tell_page({"type": "connected", "call_id": call.call_id})
 
     def _detach(self, call: CallSession, reason: EndReason) -> None:

@@ -4,8 +4,9 @@
   offer holds it while it is negotiated (``SET NX`` on its id, briefly); an answered offer
   spends it (kept until the token expires); a refused one releases it, so the phone can
   try again with the same token.
-* call records: which worker owns a call and whether the gateway created it (a call
-  the gateway did not create arrived by VoIP push, so its offer means "answered").
+* call records: which worker owns a call, whether the gateway created it (a call
+  the gateway did not create arrived by VoIP push, so its offer means "answered"), and
+  the phone its tenant backend vouched for when it created it (for ``CallConnected``).
 * worker records: each worker's URL and load, refreshed by a heartbeat, so any worker can
   send a caller to one with free capacity (WHIP ``307``) or say ``503`` when all are full.
 """
@@ -60,6 +61,7 @@ class CallRecord:
     worker_id: str = ""
     worker_url: str = ""
     state: str = "created"  # created | live | ended
+    phone: str | None = None  # E.164, vouched for with the tenant's API key
 
 
 class Registry:
@@ -101,6 +103,7 @@ class Registry:
                 "worker_id": record.worker_id,
                 "worker_url": record.worker_url,
                 "state": record.state,
+                "phone": record.phone or "",
             },
         )
         await self._redis.expire(key, CALL_TTL_S)
@@ -117,6 +120,7 @@ class Registry:
             worker_id=fields.get("worker_id", ""),
             worker_url=fields.get("worker_url", ""),
             state=fields.get("state", "created"),
+            phone=fields.get("phone") or None,
         )
 
     async def set_call_state(self, call_id: str, state: str) -> None:

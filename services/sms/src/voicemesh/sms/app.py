@@ -8,13 +8,9 @@ takes Twilio's inbound-reply and status webhooks (Twilio request signature).
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 from typing import Annotated
-from urllib.parse import parse_qsl
 
-from fastapi import Depends, HTTPException, Query, Request, Response
+from fastapi import Depends, Query, Response
 from faststream import Context
 from faststream.nats.message import NatsMessage
 from pydantic import BaseModel, ConfigDict, Field
@@ -39,11 +35,11 @@ from voicemesh.sms.models import SmsMessage
 from voicemesh.sms.providers import OutboxProvider, SmsProvider, TwilioProvider
 from voicemesh.sms.sender import RateLimiter, SmsSender
 from voicemesh.sms.settings import SmsSettings
+from voicemesh.sms.webhooks import twilio_webhooks
 
-__all__ = ["create_app", "twilio_signature"]
+__all__ = ["create_app"]
 
 DESCRIPTION = "SMS service: outbound text messages, opt-outs and delivery status."
-TWIML_EMPTY = '<?xml version="1.0" encoding="UTF-8"?><Response></Response>'
 
 
 class PhoneIn(BaseModel):
@@ -75,13 +71,6 @@ class MessageOut(BaseModel):
     def of(cls, row: SmsMessage) -> MessageOut:
         # Every field is the row's, by the same name; the time is shown as ISO 8601 text.
         return cls.model_validate(row.model_dump() | {"created_at": row.created_at.isoformat()})
-
-
-def twilio_signature(auth_token: str, url: str, params: dict[str, str]) -> str:
-    """Twilio's ``X-Twilio-Signature``: HMAC-SHA1 of the URL and the sorted form fields."""
-    data = url + "".join(k + params[k] for k in sorted(params))
-    digest = hmac.new(auth_token.encode(), data.encode(), hashlib.sha1).digest()
-    return base64.b64encode(digest).decode()
 
 
 def _provider(settings: SmsSettings) -> SmsProvider:
@@ -189,34 +178,4 @@ def _http_routes(service: MeshService, settings: SmsSettings, sender: SmsSender)
         """A reply from a phone (the outbox provider's stand-in for the Twilio webhook)."""
         return {"result": await sender.inbound(tenant, body.sender, body.body)}
 
-    async def twilio_form(tenant: str, request: Request) -> dict[str, str]:
-        if settings.provider != "twilio" or tenant not in service.tenants:
-            raise HTTPException(404, "not found")
-        form = dict(parse_qsl((await request.body()).decode(), keep_blank_values=True))
-        url = settings.public_url.rstrip("/") + request.url.path
-        if request.url.query:
-            url += "?" + request.url.query
-        expected = twilio_signature(settings.twilio_auth_token.get_secret_value(), url, form)
-        given = request.headers.get("X-Twilio-Signature", "")
-        if not hmac.compare_digest(expected, given):
-            raise HTTPException(403, "bad Twilio signature")
-        return form
-
-    @http.post("/v1/{tenant}/twilio/inbound", tags=["twilio"])
-    async def twilio_inbound(tenant: str, request: Request) -> Response:
-        form = await twilio_form(tenant, request)
-        sender_phone, body = form.get("From", ""), form.get("Body", "")
-        if not sender_phone:
-            raise HTTPException(422, "From is required")
-        await sender.inbound(tenant, sender_phone, body)
-        return Response(TWIML_EMPTY, media_type="application/xml")
-
-    @http.post("/v1/{tenant}/twilio/status", status_code=204, tags=["twilio"])
-    async def twilio_status(tenant: str, request: Request) -> Response:
-        form = await twilio_form(tenant, request)
-        sid, status = form.get("MessageSid", ""), form.get("MessageStatus", "")
-        if not sid or not status:
-            raise HTTPException(422, "MessageSid and MessageStatus are required")
-        if not await sender.provider_status(tenant, sid, status):
-            raise HTTPException(404, "unknown message")
-        return Response(status_code=204)
+    twilio_webhooks(http, settings, service.tenants, sender)

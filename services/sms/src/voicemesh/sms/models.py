@@ -1,4 +1,5 @@
-"""The sms service's tables: every message it was asked to send, and who opted out."""
+"""The sms service's tables: every message it was asked to send, who opted out, and which
+inbound messages were already acted on."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from sqlmodel import Field, SQLModel
 
 from voicemesh.common.contracts.ids import new_id
 
-__all__ = ["OptOut", "SmsMessage"]
+__all__ = ["InboundMessage", "OptOut", "SmsMessage"]
 
 
 class SmsMessage(SQLModel, table=True):
@@ -44,3 +45,14 @@ class OptOut(SQLModel, table=True):
     phone: str = Field(primary_key=True, max_length=16)
     source: str = Field(default="reply", max_length=16)
     created_at: datetime
+
+
+class InboundMessage(SQLModel, table=True):
+    """An inbound message already acted on, by the provider's id (Twilio's ``MessageSid``):
+    the same message again, retried or replayed, changes nothing. No number, no words."""
+
+    __tablename__ = "sms_inbound"
+
+    tenant: str = Field(primary_key=True, max_length=63)
+    message_id: str = Field(primary_key=True, max_length=64)
+    received_at: datetime

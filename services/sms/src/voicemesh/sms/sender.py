@@ -17,7 +17,6 @@ from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -27,6 +26,7 @@ from voicemesh.common.contracts import subjects
 from voicemesh.common.contracts.events import SmsStatus
 from voicemesh.common.contracts.ids import derived_id
 from voicemesh.common.runtime.db import Database
+from voicemesh.common.runtime.ratelimit import SlidingWindowLimiter
 from voicemesh.sms.models import OptOut, SmsMessage
 from voicemesh.sms.providers import ProviderRejected, SmsProvider
 
@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 
 STOP_WORDS = frozenset({"stop", "stopall", "unsubscribe", "cancel", "end", "quit", "optout"})
 START_WORDS = frozenset({"start", "unstop", "yes"})
+#: Longest wait between two looks at the rate limit (the job heartbeats each time).
+MAX_RATE_WAIT_S = 5.0
 FINAL = frozenset({"sent", "delivered", "failed", "opted_out", "undelivered"})
 
 
@@ -52,31 +54,26 @@ def _now() -> datetime:
 
 
 class RateLimiter:
-    """At most ``limit`` texts per tenant per fixed window, counted in Redis across replicas."""
+    """At most ``limit`` texts per tenant in any ``window_s`` seconds, across replicas.
+
+    The runtime's one rate limiter (``limits``' moving window on Redis), strict: with Redis
+    unreachable the job is retried rather than sent unthrottled.
+    """
 
     def __init__(self, redis: Redis, *, limit: int, window_s: int) -> None:
-        self._redis = redis
+        self._window = SlidingWindowLimiter(
+            redis, "sms", limit=limit, window_s=window_s, fail_open=False
+        )
         self.limit = limit
         self.window_s = window_s
 
     async def acquire(self, tenant: str, *, heartbeat: Callable[[], Awaitable[None]]) -> None:
         """Wait until the tenant may send one more text; ``heartbeat`` keeps the job leased."""
-        key = f"vm:sms:rate:{tenant}"
-        while True:
-            try:
-                async with self._redis.pipeline(transaction=True) as pipe:
-                    pipe.set(key, 0, ex=self.window_s, nx=True)
-                    pipe.incr(key)
-                    pipe.pttl(key)
-                    _, count, ttl_ms = await pipe.execute()
-            except (RedisError, OSError) as exc:
-                raise UnavailableError(f"rate limiter unavailable: {type(exc).__name__}") from exc
-            if int(count) <= self.limit:
-                return
-            # Over the limit: wait for the window to roll over instead of failing the job,
-            # telling JetStream we are still working on it.
+        while not (decision := await self._window.hit(tenant)).allowed:
+            # Over the limit: wait for the oldest text to leave the window instead of
+            # failing the job, telling JetStream we are still working on it.
             await heartbeat()
-            await asyncio.sleep(min(max(int(ttl_ms), 50) / 1000, 5.0))
+            await asyncio.sleep(min(max(decision.wait_s, 0.05), MAX_RATE_WAIT_S))
 
 
 class SmsSender:

@@ -149,6 +149,11 @@ class CallConnected(_CallEvent):
     type: Literal["call.connected"] = "call.connected"
     direction: Literal["inbound", "outbound"] = "inbound"
     vertical: str | None = None
+    phone: str | None = Field(
+        default=None,
+        pattern=r"^\+[1-9][0-9]{6,14}$",
+        description="E.164 number the tenant backend vouched for when it created the call",
+    )
 
 
 class CallEnded(_CallEvent):

@@ -41,6 +41,7 @@ from voicemesh.common.runtime.publisher import JetStreamPublisher
 __all__ = [
     "DEFAULT_MAX_DELIVER",
     "MAX_DLQ_PAYLOAD",
+    "REDACTED_HEADER",
     "Delivery",
     "backoff",
     "check_tenant_fence",
@@ -56,6 +57,8 @@ MAX_DLQ_PAYLOAD = 16 * 1024
 MAX_BACKOFF_S = 30.0
 #: When a dead letter cannot be stored, the message comes back after this long.
 DLQ_RETRY_S = 5.0
+#: Set on a dead letter whose payload had PHI masked: it is not the original message.
+REDACTED_HEADER = "Voicemesh-Dlq-Redacted"
 
 
 def backoff(deliveries: int) -> float:
@@ -150,7 +153,9 @@ class Delivery:
             subjects.low_cardinality(entry.subject),
             entry.reason,
         )
-        await self.publisher.publish(entry, subjects.dead_letter(entry.tenant))
+        # Marked, so that ``voicemesh dlq replay`` never republishes a masked payload.
+        headers = {REDACTED_HEADER: "1"} if self.handles_phi(entry.tenant) else None
+        await self.publisher.publish(entry, subjects.dead_letter(entry.tenant), headers=headers)
 
     async def settle(
         self, msg: Msg, exc: BaseException, *, consumer: str, max_deliver: int

@@ -1,10 +1,11 @@
-"""Per-tenant rate limits (signaling, device registration), shared by replicas via Redis.
+"""Per-tenant rate limits (signaling, device registration, texts), shared by replicas via Redis.
 
-A sliding-window log: each admitted request is one member of a sorted set scored by its
-time, so a tenant gets at most ``limit`` requests in any ``window_s`` seconds (a fixed window
-would let a burst of twice the limit through across a window boundary). One tenant's keys
-never count against another's. Over the limit the route answers ``429`` with
-``Retry-After`` = seconds until the oldest admitted request leaves the window.
+The counting is the ``limits`` library's moving window (``MovingWindowRateLimiter`` on its
+async Redis storage, through the service's own redis-py pool): a tenant gets at most
+``limit`` requests in any ``window_s`` seconds (a fixed window would let twice the limit
+through across a window boundary), refused requests are not counted, and one tenant's key
+never counts against another's. Over the limit a route answers ``429`` with ``Retry-After``
+= seconds until the oldest admitted request leaves the window; the sms sender waits that long.
 """
 
 from __future__ import annotations
@@ -12,12 +13,17 @@ from __future__ import annotations
 import logging
 import math
 import time
-import uuid
 from dataclasses import dataclass
 
 from fastapi import HTTPException
+from limits import RateLimitItemPerSecond
+from limits.aio.storage import RedisStorage
+from limits.aio.strategies import MovingWindowRateLimiter
+from limits.errors import StorageError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
+
+from voicemesh.common.contracts.errors import UnavailableError
 
 __all__ = ["Decision", "SlidingWindowLimiter", "too_many_requests"]
 
@@ -30,54 +36,68 @@ PREFIX = "voicemesh:ratelimit"
 class Decision:
     allowed: bool
     remaining: int
-    retry_after_s: int = 0
+    #: Seconds until one more request would be admitted (0 when this one was).
+    wait_s: float = 0.0
+
+    @property
+    def retry_after_s(self) -> int:
+        """``wait_s`` as a ``Retry-After`` value: whole seconds, at least 1 when refused."""
+        return 0 if self.allowed else max(1, math.ceil(self.wait_s))
 
 
 class SlidingWindowLimiter:
-    """At most ``limit`` ``action`` requests per tenant in any ``window_s`` seconds."""
+    """At most ``limit`` ``action`` requests per tenant in any ``window_s`` seconds.
 
-    def __init__(self, redis: Redis, action: str, *, limit: int, window_s: float) -> None:
+    ``window_s`` is rounded up to whole seconds (the library's granularity). With
+    ``fail_open`` (routes) an unreachable Redis lets requests through, logged: a rate limit
+    protects capacity, and refusing every call while Redis restarts would be the outage
+    itself. Without it (texts, which cost money and have a provider quota) ``hit`` raises
+    ``UnavailableError`` and the job is retried.
+    """
+
+    def __init__(
+        self,
+        redis: Redis,
+        action: str,
+        *,
+        limit: int,
+        window_s: float,
+        fail_open: bool = True,
+    ) -> None:
         if limit < 1 or window_s <= 0:
             raise ValueError("a rate limit needs limit >= 1 and window_s > 0")
-        self._redis = redis
         self.action = action
         self.limit = limit
         self.window_s = window_s
-
-    def key(self, tenant: str) -> str:
-        return f"{PREFIX}:{self.action}:{tenant}"
+        self.fail_open = fail_open
+        self._item = RateLimitItemPerSecond(limit, math.ceil(window_s), namespace=PREFIX)
+        storage = RedisStorage(
+            "async+redis://",
+            implementation="redispy",
+            wrap_exceptions=True,
+            connection_pool=redis.connection_pool,
+        )
+        self._strategy = MovingWindowRateLimiter(storage)
 
     async def hit(self, tenant: str) -> Decision:
-        """Count one request of ``tenant``; refused requests are not counted.
-
-        Redis unreachable: the request is let through (logged) — a rate limit protects
-        capacity, and refusing every call while Redis restarts would be the outage itself.
-        """
-        key = self.key(tenant)
-        now_ms = time.time() * 1000
-        window_ms = self.window_s * 1000
-        member = f"{now_ms:.3f}-{uuid.uuid4().hex[:8]}"
+        """Count one request of ``tenant`` if it is within the limit."""
         try:
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.zremrangebyscore(key, "-inf", now_ms - window_ms)
-                pipe.zadd(key, {member: now_ms})
-                pipe.zcard(key)
-                pipe.zrange(key, 0, 0, withscores=True)
-                pipe.pexpire(key, math.ceil(window_ms))
-                _, _, count, oldest, _ = await pipe.execute()
-            if int(count) <= self.limit:
-                return Decision(True, self.limit - int(count))
-            await self._redis.zrem(key, member)
-        except (RedisError, OSError) as exc:
+            if await self._strategy.hit(self._item, self.action, tenant):
+                stats = await self._strategy.get_window_stats(self._item, self.action, tenant)
+                return Decision(True, max(0, stats.remaining))
+            stats = await self._strategy.get_window_stats(self._item, self.action, tenant)
+        except (StorageError, RedisError, OSError) as exc:
+            if not self.fail_open:
+                raise UnavailableError(
+                    f"rate limiter {self.action} unavailable: {type(exc).__name__}"
+                ) from exc
             log.warning(
                 "rate limiter %s unavailable, request let through: %s",
                 self.action,
                 type(exc).__name__,
             )
             return Decision(True, 0)
-        oldest_ms = float(oldest[0][1]) if oldest else now_ms
-        retry_ms = max(0.0, oldest_ms + window_ms - now_ms)
-        return Decision(False, 0, max(1, math.ceil(retry_ms / 1000)))
+        return Decision(False, 0, max(0.0, stats.reset_time - time.time()))
 
 
 def too_many_requests(limiter: SlidingWindowLimiter, decision: Decision) -> HTTPException:

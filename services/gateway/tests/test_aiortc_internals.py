@@ -1,0 +1,64 @@
+"""``media.patch_aiortc`` replaces aiortc internals; this fails the day they change.
+
+The patch swaps module globals that aiortc looks up at call time (the receiver's
+``JitterBuffer``, ``rtp.compute_audio_level_dbov``, the codecs' ``OpusEncoder`` and
+``OpusDecoder``) and subclasses the Opus codecs' constructors. It was written against the
+exact aiortc pinned in ``pyproject.toml``; a different version, or a changed source of any
+function the patch relies on, must be read again before the pin moves.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import inspect
+import tomllib
+from importlib.metadata import version
+from pathlib import Path
+
+PINNED = "1.16.0"
+
+#: sha256 (first 16 hex digits) of the source of everything the patch depends on, as read
+#: for aiortc 1.16.0. To update: read the new source, adapt media.py, then the digest.
+PATCHED_INTERNALS = {
+    # Builds the audio buffer as JitterBuffer(capacity=16, prefetch=4) by its global name.
+    "aiortc.rtcrtpreceiver:RTCRtpReceiver.__init__": "3e3b7b5cefbaac6f",
+    "aiortc.jitterbuffer:JitterBuffer.__init__": "32eb81fd50407bef",
+    # What _audio_level_dbov reproduces, and the caller that reaches it through `rtp.`.
+    "aiortc.rtp:compute_audio_level_dbov": "d65138ae99e84548",
+    "aiortc.rtcrtpsender:RTCRtpSender._next_encoded_frame": "89dd9fa4fb33741c",
+    # Look the Opus classes up by global name; MonoOpus* override their codec contexts.
+    "aiortc.codecs:get_encoder": "adcbc1a6dc73e3bf",
+    "aiortc.codecs:get_decoder": "34ebfdf7296a1a32",
+    "aiortc.codecs.opus:OpusEncoder": "1041fbee9bf1a3fa",
+    "aiortc.codecs.opus:OpusDecoder": "40cd30859e54f638",
+}
+
+
+def source_digest(path: str) -> str:
+    """``"package.module:Qualified.name"`` → the digest of that object's source."""
+    module, _, qualname = path.partition(":")
+    target: object = importlib.import_module(module)
+    for part in qualname.split("."):
+        target = getattr(target, part)
+    return hashlib.sha256(inspect.getsource(target).encode()).hexdigest()[:16]  # type: ignore[arg-type]
+
+
+def test_aiortc_is_pinned_exactly_and_installed_at_the_pin() -> None:
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    requirements = [r.replace(" ", "") for r in project["project"]["dependencies"]]
+    assert f"aiortc=={PINNED}" in requirements, requirements
+    assert version("aiortc") == PINNED
+
+
+def test_the_internals_the_patch_replaces_are_unchanged() -> None:
+    found = {path: source_digest(path) for path in PATCHED_INTERNALS}
+    changed = {p: d for p, d in found.items() if d != PATCHED_INTERNALS[p]}
+    assert not changed, f"aiortc internals changed under media.patch_aiortc: {changed}"
+
+
+def test_the_digest_notices_a_changed_function() -> None:
+    # The check can fail: a function whose source differs gets another digest.
+    assert source_digest("aiortc.rtp:compute_audio_level_dbov") != source_digest(
+        "voicemesh.gateway.media:_audio_level_dbov"
+    )
