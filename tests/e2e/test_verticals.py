@@ -1,15 +1,17 @@
 """Every vertical's scripted call through the real gateway, on the whole mesh.
 
-For each vertical's demo tenant an aiortc peer (the simulated phone) creates a call at the
-gateway, connects over WebRTC and says the profile's demo script in eSpeak speech, answering
-each of the agent's replies once it has been heard to the end; the agent hears it through
+For each vertical's demo tenant the tenant backend creates a call at the gateway with its
+API key, vouching for the caller's number (``{"phone": …}``), and an aiortc peer (the
+simulated phone) connects over WebRTC and says the profile's demo script in eSpeak speech,
+answering each of the agent's replies once it has been heard to the end; the agent hears it through
 the gateway (Opus, resampling, jitter buffer), calls the real crm, calendar and sms
 services, and hangs up after its goodbye. The phone records what it hears, and the test
 recognises from that audio the agent's greeting (among all six verticals' greetings) and
 each of its replies (among the lines it spoke on the call). The calls run at the same
 time, as they would in one pod per vertical. Then each vertical's outcome is checked where
 it was: the appointment in the calendar at the spoken local time (the insurance claim in
-the crm's tool events instead), the confirmation (or claim) text in the sms outbox, both
+the crm's tool events instead), the confirmation (or claim) text in the sms outbox, sent to
+the number the backend vouched for and to no other (not the one the caller spoke), both
 sides in the transcript service, the call in the audit chain, and the chain verifies.
 
 The salon's call, which books through a VoIP push instead, is ``test_outbound_call.py``.
@@ -51,6 +53,7 @@ class Expected:
 
     vertical: str
     goal_tool: str  # the tool whose success is the call's purpose
+    phone: str  # the number the backend vouches for (not the one its demo script speaks)
     day: str | None = None  # "tomorrow" or a weekday the caller named
     hour: int | None = None  # the local hour the caller named
     name: str | None = None  # the caller's first name, as the booking holds it
@@ -62,11 +65,13 @@ class Expected:
 
 
 VERTICALS = [
-    Expected("healthcare", "calendar.book", day="monday", hour=10, name="mary"),
-    Expected("behavioral_health", "calendar.book", day="thursday", hour=16, name="alex"),
-    Expected("legal", "calendar.book", day="friday", hour=11, name="sarah"),
-    Expected("real_estate", "calendar.book", day="tomorrow", hour=17, name="lisa"),
-    Expected("insurance", "crm.file_claim", text_purpose="claim"),
+    Expected("healthcare", "calendar.book", "+15550100101", day="monday", hour=10, name="mary"),
+    Expected(
+        "behavioral_health", "calendar.book", "+15550100102", day="thursday", hour=16, name="alex"
+    ),
+    Expected("legal", "calendar.book", "+15550100103", day="friday", hour=11, name="sarah"),
+    Expected("real_estate", "calendar.book", "+15550100104", day="tomorrow", hour=17, name="lisa"),
+    Expected("insurance", "crm.file_claim", "+15550100105", text_purpose="claim"),
 ]
 
 
@@ -87,20 +92,22 @@ class Outcome:
     days: LocalDays  # the dates the call ran across ("tomorrow" is by the agent's clock)
 
 
-async def _texts(http: httpx.AsyncClient, mesh: Mesh, want: Expected) -> set[str]:
-    """The ids of the tenant's texts with the purpose this vertical's call ends with."""
+async def _texts(http: httpx.AsyncClient, mesh: Mesh, want: Expected) -> dict[str, str]:
+    """The tenant's texts with the purpose this vertical's call ends with: id → recipient."""
     response = await http.get(
         f"{mesh.url('sms')}/v1/{want.tenant}/messages",
         params={"limit": 500},
         headers=mesh.auth(want.tenant),
     )
     assert response.status_code == 200, response.text
-    return {m["id"] for m in response.json() if m["purpose"] == want.text_purpose}
+    return {m["id"]: m["to"] for m in response.json() if m["purpose"] == want.text_purpose}
 
 
 async def _call(http: httpx.AsyncClient, nc: NatsClient, mesh: Mesh, want: Expected) -> Outcome:
     created = await http.post(
-        f"{mesh.url('gateway')}/v1/{want.tenant}/calls", headers=mesh.auth(want.tenant)
+        f"{mesh.url('gateway')}/v1/{want.tenant}/calls",
+        headers=mesh.auth(want.tenant),
+        json={"phone": want.phone},
     )
     assert created.status_code == 201, created.text
     days = LocalDays()
@@ -156,7 +163,7 @@ def _check_slot(start: datetime, zone: ZoneInfo, want: Expected, days: LocalDays
 
 
 async def _check_outcome(
-    http: httpx.AsyncClient, mesh: Mesh, outcome: Outcome, texts_before: set[str]
+    http: httpx.AsyncClient, mesh: Mesh, outcome: Outcome, texts_before: dict[str, str]
 ) -> None:
     want, watcher = outcome.expected, outcome.watcher
     tenant, auth = want.tenant, mesh.auth(want.tenant)
@@ -205,10 +212,14 @@ async def _check_outcome(
         assert len(ours) == 1, (want.vertical, listed.json())
         _check_slot(datetime.fromisoformat(ours[0]["start"]), zone, want, outcome.days)
 
-    async def confirmation() -> set[str]:
-        return await _texts(http, mesh, want) - texts_before
+    async def confirmation() -> list[str]:
+        texts = await _texts(http, mesh, want)
+        return [to for text_id, to in texts.items() if text_id not in texts_before]
 
-    await wait_until(confirmation, 20, what=f"{want.vertical}: the confirmation text")
+    # The call's number is the one its backend vouched for: the text goes there and nowhere
+    # else, whatever number the caller spoke.
+    sent_to = await wait_until(confirmation, 20, what=f"{want.vertical}: the confirmation text")
+    assert set(sent_to) == {want.phone}, (want.vertical, sent_to)
 
     async def transcript() -> bool:
         response = await http.get(

@@ -19,7 +19,7 @@ from voicemesh.common.contracts import streams, subjects
 from voicemesh.common.contracts.errors import InvalidMessage, UnavailableError
 from voicemesh.common.contracts.events import CallEnded, DeadLetter, EndReason
 from voicemesh.common.contracts.ids import DERIVED_ID_LENGTH, derived_id, message_id
-from voicemesh.common.runtime.delivery import Delivery, backoff, retry_delay
+from voicemesh.common.runtime.delivery import REDACTED_HEADER, Delivery, backoff, retry_delay
 from voicemesh.common.runtime.publisher import JetStreamPublisher
 
 CLINIC, SALON = "clinic-a", "salon-b"
@@ -111,11 +111,14 @@ async def test_transient_failure_is_redelivered_and_permanent_one_dead_lettered(
     await delivery.settle(again, InvalidMessage("extra field"), consumer="lane-clinic",
                           max_deliver=3)  # fmt: skip
     (entry,) = await _dead_letters(js, CLINIC)
+    stored = await js.get_last_msg("DLQ", subjects.dead_letter(CLINIC))
+    assert stored.headers == {**(stored.headers or {}), REDACTED_HEADER: "1"}  # never replayed
     assert entry.reason == "extra field" and entry.consumer == "lane-clinic"
     assert entry.deliveries == 2
     assert "555" not in entry.payload and "[phone]" in entry.payload
     with pytest.raises(TimeoutError):  # terminated: never delivered again
         await lane.fetch(1, timeout=1.5)  # type: ignore[attr-defined]
+    await lane.unsubscribe()  # type: ignore[attr-defined]  # else drain waits out its 30 s
 
 
 async def test_a_dead_letter_that_cannot_be_stored_leaves_the_message_to_come_back(

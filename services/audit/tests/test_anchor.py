@@ -11,27 +11,33 @@ from __future__ import annotations
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
 import asyncpg
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy import select, update
+from nats.aio.client import Client as NatsClient
+from sqlalchemy import update
 
 from voicemesh.audit.anchor import (
     AuditHeadSigned,
-    private_key_pem,
+    HeadSigner,
+    fetch_heads,
     public_key_pem,
     sign_head,
+    signature_valid,
 )
-from voicemesh.audit.chain import GENESIS, ChainEntry, row_hash
+from voicemesh.audit.chain import ChainEntry
 from voicemesh.audit.models import HEAD, LOG, AuditRecord
 from voicemesh.audit.roles import writer_role_sql
 from voicemesh.audit.store import AuditStore, RecordQuery
 from voicemesh.audit.verify import verify_chain
+from voicemesh.common.contracts import streams
 from voicemesh.common.runtime.db import Database
+from voicemesh.common.runtime.publisher import JetStreamPublisher
+from voicemesh.common.runtime.settings import NatsSettings
 
 TENANT = "acme"
 
@@ -68,29 +74,6 @@ async def _rows(store: AuditStore) -> list[AuditRecord]:
     return await store.records(RecordQuery(TENANT, limit=10_000))
 
 
-async def _rewrite_whole_chain(store: AuditStore) -> None:
-    """Change every row's content and recompute every hash and the head: self-consistent."""
-    prev = GENESIS
-    async with store.db.session() as session, session.begin():
-        rows = list(
-            (
-                await session.execute(
-                    select(AuditRecord).where(LOG.c.tenant == TENANT).order_by(LOG.c.seq)
-                )
-            ).scalars()
-        )
-        for row in rows:
-            forged = ChainEntry(**{**vars(row.entry()), "payload": '{"forged":true}'})
-            digest = row_hash(forged, recorded_at=row.recorded_at, prev_hash=prev)
-            await session.execute(
-                update(LOG)
-                .where(LOG.c.tenant == TENANT, LOG.c.seq == row.seq)
-                .values(payload=forged.payload, prev_hash=prev, hash=digest)
-            )
-            prev = digest
-        await session.execute(update(HEAD).where(HEAD.c.tenant == TENANT).values(hash=prev))
-
-
 async def _signed_chain(
     store: AuditStore, make_entry: Callable[..., ChainEntry], key: Ed25519PrivateKey, n: int
 ) -> AuditHeadSigned:
@@ -104,6 +87,7 @@ async def test_whole_chain_rewrite_with_recomputed_head_is_detected(
     store: AuditStore,
     make_entry: Callable[..., ChainEntry],
     tmp_path: Path,
+    rewrite_chain: Callable[[Database, str], Awaitable[None]],
 ) -> None:
     key = Ed25519PrivateKey.generate()
     public = _write_keys(tmp_path, key, "audit")
@@ -114,7 +98,7 @@ async def test_whole_chain_rewrite_with_recomputed_head_is_detected(
     assert before.returncode == 0, before.stdout + before.stderr
     assert "matches the head signed at" in before.stdout
 
-    await _rewrite_whole_chain(store)
+    await rewrite_chain(store.db, TENANT)
     # The chain alone cannot tell: every row links to the one before and the head agrees.
     alone = await verify_chain(store.db, TENANT)
     assert alone.ok, alone.problem
@@ -154,11 +138,12 @@ async def test_a_forged_signed_head_is_refused(
     store: AuditStore,
     make_entry: Callable[..., ChainEntry],
     tmp_path: Path,
+    rewrite_chain: Callable[[Database, str], Awaitable[None]],
 ) -> None:
     ours, theirs = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
     public = _write_keys(tmp_path, ours, "audit")
     genuine = await _signed_chain(store, make_entry, ours, 3)
-    await _rewrite_whole_chain(store)
+    await rewrite_chain(store.db, TENANT)
     last = (await _rows(store))[-1]
     # Whoever rewrote the chain signs its new head with a key of their own...
     forged = sign_head(theirs, TENANT, last.seq, last.hash, at=datetime.now(UTC))
@@ -194,7 +179,11 @@ async def test_verify_with_a_key_needs_a_signed_head_of_every_tenant(
     await store.append([make_entry("homes")])
     public = _write_keys(tmp_path, key, "audit")
     out = _verify(
-        database_url, "--public-key", str(public), "--signed-heads", str(_write_heads(tmp_path, head))
+        database_url,
+        "--public-key",
+        str(public),
+        "--signed-heads",
+        str(_write_heads(tmp_path, head)),
     )
     assert out.returncode == 1
     assert f"OK {TENANT}: 2 rows" in out.stdout
@@ -247,3 +236,35 @@ async def test_the_writer_role_may_insert_but_never_change_or_remove_rows(
             await conn.execute(f'DROP ROLE "{writer}"')
         finally:
             await conn.close()
+
+
+async def test_the_signer_signs_moved_heads_once_and_never_a_rewritten_chain(
+    nats: NatsClient,
+    nats_url: str,
+    unique: Callable[[str], str],
+    store: AuditStore,
+    make_entry: Callable[..., ChainEntry],
+    rewrite_chain: Callable[[Database, str], Awaitable[None]],
+) -> None:
+    tenant = unique("t")
+    await streams.apply(nats.jetstream(), tenants=[tenant], services={"audit"})
+    key = Ed25519PrivateKey.generate()
+    publisher = JetStreamPublisher(nats)
+    signer = HeadSigner(store.db, publisher, key, tenants=[tenant], interval_s=60)
+    try:
+        await store.append([make_entry(tenant) for _ in range(3)])
+        [first] = await signer.sign_round()
+        assert (first.tenant, first.seq) == (tenant, 3)
+        assert signature_valid(first, key.public_key())
+        assert await signer.sign_round() == []  # the head has not moved
+        await store.append([make_entry(tenant)])
+        [second] = await signer.sign_round()
+        assert second.seq == 4
+
+        await rewrite_chain(store.db, tenant)
+        await store.append([make_entry(tenant)])
+        assert await signer.sign_round() == [], "a rewritten chain must not be signed"
+    finally:
+        await publisher.drain()
+    stored = await fetch_heads(NatsSettings(nats_urls=[nats_url]), tenant)
+    assert stored == [first, second]

@@ -9,16 +9,26 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import httpx
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from nats.aio.client import Client as NatsClient
 from sqlalchemy import func, select, update
 
+from voicemesh.audit.anchor import (
+    AuditHeadSigned,
+    head_subject,
+    private_key_pem,
+    public_key_pem,
+    signature_valid,
+)
 from voicemesh.audit.models import LOG
 from voicemesh.common import (
     CallConnected,
@@ -37,13 +47,16 @@ API_KEY = "audit-test-key-0123456789"
 BURST = 5000
 
 
-def _verify(database_url: str, *extra: str) -> subprocess.CompletedProcess[str]:
+def _verify(
+    database_url: str, *extra: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "voicemesh.audit", "verify", "--database-url", database_url, *extra],
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
+        env=env,
     )
 
 
@@ -291,3 +304,58 @@ async def test_http_api_queries_by_call_and_time_range_behind_the_api_key(
         assert (
             await client.get(f"{base}/audit", headers=auth, params={"limit": 0})
         ).status_code == 422
+
+
+async def test_the_service_signs_and_exports_its_head_and_verify_checks_against_it(
+    nats: NatsClient,
+    nats_url: str,
+    processes: ProcessTracker,
+    tenant: str,
+    sqlite_url: str,
+    tmp_path: Path,
+    rewrite_chain: Callable[[Database, str], Awaitable[None]],
+) -> None:
+    """The key from a mounted file; heads on JetStream, outside the chain; a rewrite shows."""
+    key = Ed25519PrivateKey.generate()
+    (tmp_path / "private.pem").write_bytes(private_key_pem(key))
+    public = tmp_path / "public.pem"
+    public.write_bytes(public_key_pem(key.public_key()))
+    audit = _Audit(processes, nats_url, tenant, sqlite_url)
+    audit.env |= {
+        "VOICEMESH_AUDIT_SIGNING_KEY_FILE": str(tmp_path / "private.pem"),
+        "VOICEMESH_HEAD_INTERVAL_S": "0.2",
+    }
+    heads = await nats.jetstream().subscribe(head_subject(tenant), stream="EVENTS")
+    await audit.start()
+    await publish_events(nats, audited_events(tenant, 20))
+
+    async def signed_at_20() -> AuditHeadSigned:
+        while True:
+            head = AuditHeadSigned.model_validate_json((await heads.next_msg(timeout=15)).data)
+            if head.seq == 20:
+                return head
+
+    head = await asyncio.wait_for(signed_at_20(), timeout=30)
+    assert head.tenant == tenant and signature_valid(head, key.public_key())
+    db = Database(sqlite_url)
+    try:
+        await wait_until(lambda: _settled(nats, tenant), timeout=15, what="every message acked")
+        assert await _count(db, tenant) == 20, "the signed heads stay out of the chain"
+    finally:
+        await db.close()
+
+    env = {**os.environ, "VOICEMESH_NATS_URL": nats_url}
+    anchored = ("--tenant", tenant, "--public-key", str(public), "--heads-from-nats")
+    ok = _verify(sqlite_url, *anchored, env=env)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "seq 20 matches the head signed at" in ok.stdout
+
+    tampered = Database(sqlite_url)
+    try:
+        await rewrite_chain(tampered, tenant)
+    finally:
+        await tampered.close()
+    assert _verify(sqlite_url, "--tenant", tenant).returncode == 0  # the chain alone: fooled
+    bad = _verify(sqlite_url, *anchored, env=env)
+    assert bad.returncode == 1, bad.stdout + bad.stderr
+    assert f"FAILED {tenant}: rows seq 1..20 were rewritten" in bad.stdout

@@ -225,14 +225,16 @@ async def test_a_connected_call_with_a_vouched_phone_binds_its_caller(crm: Crm) 
     carries it) acts for that number, as a pushed call's ``CallRequested`` does."""
     t, verified = crm.homes, "+15555550150"
     maria = (await crm.ok(t, "upsert_contact", {"name": "Maria Lopez", "phone": PHONE}))["contact"]
-    events: list[Envelope] = [
+    events: dict[str, Envelope] = {
         # No phone (the /demo page's call, a pushed call's own): nothing to bind.
-        CallConnected(tenant=t, call_id="call-demo", source="test"),
-        CallConnected(tenant=t, call_id="call-in", source="test", phone=verified),
-        CallRequested(tenant=t, call_id="call-out", source="test", user_id="u", phone=verified),
-    ]
-    for event in events:
-        await crm.publish(event, subjects.call_lifecycle(t, event.call_id))
+        "call-demo": CallConnected(tenant=t, call_id="call-demo", source="test"),
+        "call-in": CallConnected(tenant=t, call_id="call-in", source="test", phone=verified),
+        "call-out": CallRequested(
+            tenant=t, call_id="call-out", source="test", user_id="u", phone=verified
+        ),
+    }
+    for call_id, event in events.items():
+        await crm.publish(event, subjects.call_lifecycle(t, call_id))
 
     async def bound(call_id: str) -> dict[str, Any] | None:
         caller = await crm.ok(t, "caller", {}, call_id=call_id)

@@ -135,8 +135,9 @@ class FakeTwilio:
     script: list[tuple[int, dict[str, Any]]]
     requests: list[dict[str, Any]] = field(default_factory=list)
     url: str = ""
-    #: Seconds in the ``Retry-After`` of a scripted 429 (and of a 503, if ``retry_after_on_503``).
-    retry_after: int = 1
+    #: The ``Retry-After`` of a scripted 429 (and of a 503, if ``retry_after_on_503``):
+    #: seconds, or an HTTP date.
+    retry_after: int | str = 1
     retry_after_on_503: bool = False
 
 

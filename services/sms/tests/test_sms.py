@@ -216,7 +216,7 @@ async def test_twilio_refusals_are_final_and_unsubscribed_numbers_opt_out(
 
     # An inbound STOP through Twilio's webhook, signature checked.
     path = f"/v1/{sms.tenant}/twilio/inbound"
-    form = {"From": PHONE, "Body": "STOP", "To": "+15550001111"}
+    form = {"MessageSid": f"SM{0:032d}", "From": PHONE, "Body": "STOP", "To": "+15550001111"}
     signature = twilio_signature("https://sms.example.test" + path, form)
     reply = await sms.http.post(path, data=form, headers={"X-Twilio-Signature": signature})
     assert reply.status_code == 200 and "<Response>" in reply.text
@@ -231,8 +231,8 @@ async def test_api_needs_the_tenant_key(start_sms: StartSms) -> None:
         f"/v1/{sms.tenant}/messages", headers={"Authorization": "Bearer wrong-key-000000000"}
     )
     assert wrong.status_code == 401  # a key that opens no tenant
-    # An unknown tenant looks like a known one: authentication comes first.
-    assert (await sms.http.get("/v1/nobody/messages")).status_code == 401
+    # An unknown tenant looks like any other tenant's path: this key opens only its own.
+    assert (await sms.http.get("/v1/nobody/messages")).status_code == 403
 
 
 async def test_api_takes_a_key_that_is_only_in_the_keys_file(

@@ -8,9 +8,14 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+from urllib.parse import urlencode
 
 import httpx
 import pytest
+
+from voicemesh.sms.providers import Throttled, TwilioProvider
 
 from .conftest import PHONE, TWILIO, FakeTwilio, Sms, StartSms, twilio_signature
 
@@ -53,7 +58,7 @@ async def post(
 
 
 def _form(fields: Fields) -> bytes:
-    return str(httpx.QueryParams(fields)).encode()
+    return urlencode(fields).encode()
 
 
 async def opted_out(sms: Sms) -> bool:
@@ -210,3 +215,20 @@ async def test_twilio_retry_after_is_honoured(start_sms: StartSms, twilio: FakeT
     gaps = [round(b - a, 2) for a, b in itertools.pairwise(times)]
     assert all(gap >= 2.0 for gap in gaps), gaps
     await sms.settled()
+
+
+async def test_retry_after_may_be_an_http_date(twilio: FakeTwilio) -> None:
+    twilio.script = [(429, {}), (503, {})]
+    twilio.retry_after = format_datetime(datetime.now(UTC) + timedelta(seconds=30), usegmt=True)
+    twilio.retry_after_on_503 = True
+    provider = TwilioProvider(
+        str(TWILIO["twilio_account_sid"]), str(TWILIO["twilio_auth_token"]), base_url=twilio.url
+    )
+    try:
+        for _ in range(2):
+            with pytest.raises(Throttled) as caught:
+                await provider.send(PHONE, "hi", SENDER)
+            assert caught.value.retry_after_s is not None
+            assert 25 <= caught.value.retry_after_s <= 30
+    finally:
+        await provider.close()

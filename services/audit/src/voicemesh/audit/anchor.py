@@ -18,7 +18,7 @@ import sys
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import Final, Literal
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -34,8 +34,8 @@ from sqlalchemy import select
 from voicemesh.audit.chain import canonical_json, iso_timestamp
 from voicemesh.audit.models import HEAD, LOG
 from voicemesh.common.contracts import subjects
-from voicemesh.common.contracts.events import Envelope
 from voicemesh.common.contracts.errors import UnavailableError
+from voicemesh.common.contracts.events import Envelope
 from voicemesh.common.contracts.ids import derived_id
 from voicemesh.common.contracts.streams import stream_for
 from voicemesh.common.runtime.connection import connect
@@ -48,10 +48,10 @@ __all__ = [
     "HEAD_EVENT_TYPE",
     "AuditHeadSigned",
     "HeadSigner",
+    "fetch_heads",
     "head_subject",
     "key_id",
     "keygen",
-    "fetch_heads",
     "load_private_key",
     "load_public_key",
     "private_key_pem",
@@ -63,7 +63,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-HEAD_EVENT_TYPE = "audit.head_signed"
+HEAD_EVENT_TYPE: Final = "audit.head_signed"
 #: Bound into every signature, so no other Ed25519 signature can pass for a head.
 _DOMAIN = "voicemesh.audit.head.v1"
 
@@ -71,7 +71,7 @@ _DOMAIN = "voicemesh.audit.head.v1"
 class AuditHeadSigned(Envelope):
     """A tenant's chain head, signed: the hash the chain had at ``seq`` at ``signed_at``."""
 
-    type: Literal["audit.head_signed"] = HEAD_EVENT_TYPE
+    type: Literal["audit.head_signed"] = "audit.head_signed"
     seq: int = Field(ge=1)
     head_hash: str = Field(pattern=r"^[0-9a-f]{64}$")
     signed_at: str
@@ -188,7 +188,7 @@ async def fetch_heads(settings: NatsSettings, tenant: str | None) -> list[AuditH
     subject = head_subject(tenant or subjects.ANY)
     stream = stream_for(subject)
     assert stream is not None  # an event subject
-    heads = []
+    heads: list[AuditHeadSigned] = []
     try:
         nc = await connect(settings, name="audit-verify")
     except (OSError, NatsError) as exc:
@@ -251,7 +251,7 @@ class HeadSigner:
         self._refused: set[str] = set()
         self._task = PeriodicTask(self.sign_round, interval_s=interval_s, name="audit-head-signer")
 
-    def start(self) -> None:
+    async def start(self) -> None:
         self._task.start()
 
     async def stop(self) -> None:
@@ -263,7 +263,7 @@ class HeadSigner:
             stmt = select(HEAD.c.tenant, HEAD.c.seq, HEAD.c.hash)
             if self._tenants is not None:
                 stmt = stmt.where(HEAD.c.tenant.in_(self._tenants))
-            heads = list((await session.execute(stmt)).tuples())
+            heads = list((await session.execute(stmt)).all())
         published = []
         for tenant, seq, digest in heads:
             if tenant in self._refused or self._signed.get(tenant) == (seq, digest):

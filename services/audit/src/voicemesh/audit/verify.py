@@ -171,9 +171,17 @@ def _against_anchors(
     for anchor in sorted(anchors, key=lambda a: (a.seq, a.signed_at)):
         if anchor.seq > report.rows:
             first = report.rows + 1
-            what = f"row seq {first} was" if anchor.seq == first else f"rows seq {first}..{anchor.seq} were"
-            return _failed(report, f"{what} removed: the chain ends at seq {report.rows} "
-                f"but {anchor.name()} covers them", first)
+            what = (
+                f"row seq {first} was"
+                if anchor.seq == first
+                else f"rows seq {first}..{anchor.seq} were"
+            )
+            return _failed(
+                report,
+                f"{what} removed: the chain ends at seq {report.rows} "
+                f"but {anchor.name()} covers them",
+                first,
+            )
         if hash_at[anchor.seq] != anchor.head_hash:
             first = trusted + 1
             return _failed(

@@ -9,15 +9,16 @@ statements, then commits once:
 * one multi-row ``INSERT … ON CONFLICT DO NOTHING RETURNING id`` for the appointments;
 * one ``INSERT`` of the reminder rows of the appointments that were inserted.
 
-The database still decides every conflict: the partial unique index on booked slots and the
-unique idempotency key (see ``models``) turn a losing row into a no-op that is simply not
-returned, which affects only that booking, never the rest of its batch (two bookings of one
-batch for one slot: the first row wins, as if they had come one after the other). If the batch
-fails as a whole (the database is down), every booking in it fails with ``UnavailableError``
-and none is stored; an unexpected integrity error retries the batch's bookings one by one, so
-a single bad row cannot sink the others. With aiosqlite every statement is a round trip to
-its thread, so two statements per batch instead of two (plus a commit) per booking is most of
-the gain.
+The database still decides every conflict: the partial unique index on booked slots, the
+unique idempotency key (see ``models``) and the rule that booked ranges never overlap (see
+``schema``, checked row by row within this same statement) turn a losing row into a no-op
+that is simply not returned, which affects only that booking, never the rest of its batch
+(two bookings of one batch whose ranges overlap: the first row wins, as if they had come one
+after the other). If the batch fails as a whole (the database is down), every booking in it
+fails with ``UnavailableError`` and none is stored; an unexpected integrity error retries
+the batch's bookings one by one, so a single bad row cannot sink the others. With aiosqlite
+every statement is a round trip to its thread, so two statements per batch instead of two
+(plus a commit) per booking is most of the gain.
 """
 
 from __future__ import annotations

@@ -3,8 +3,9 @@
 Double-booking is made impossible by the database, not by a check: a unique index on
 ``(tenant, slot_start)`` that covers only booked rows (a partial index on both SQLite and
 PostgreSQL), so a cancelled appointment frees its slot and two concurrent inserts for one
-slot cannot both commit.
-"""
+slot cannot both commit. Slots that start apart can still overlap once the hours or the
+slot length change; ``schema`` adds the rule against that (an exclusion constraint on
+PostgreSQL, triggers on SQLite) at startup, which ``create_all`` cannot do for old tables."""
 
 from __future__ import annotations
 

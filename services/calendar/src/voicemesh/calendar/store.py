@@ -184,7 +184,7 @@ class Calendar:
         # SQLite has one writer at a time; letting this process's writers queue here instead
         # of in SQLite's busy handler (which sleeps with backoff) cuts the tail latency of
         # concurrent bookings from ~1 s to milliseconds. Other processes still meet SQLite's
-        # lock, and the unique index, not this lock, is what forbids double booking.
+        # lock, and the database's rules (``schema``), not this lock, forbid double booking.
         self._write_lock = asyncio.Lock() if db.is_sqlite else None
         self._bookings = BookingWriter(db, self._write_lock)
 

@@ -60,8 +60,6 @@ __all__ = ["Gateway", "create_app"]
 
 log = logging.getLogger(__name__)
 
-SDP = "application/sdp"
-
 
 class Gateway:
     """What the routes share: settings, the call manager, Redis registry and media NATS."""
@@ -290,9 +288,7 @@ def create_app(settings: GatewaySettings, *, api_keys: ApiKeys | None = None) ->
         "/v1/{tenant}/calls",
         status_code=201,
         tags=["calls"],
-        openapi_extra={
-            "requestBody": {"content": {JSON: {"schema": NewCall.model_json_schema()}}}
-        },
+        openapi_extra={"requestBody": {"content": {JSON: {"schema": NewCall.model_json_schema()}}}},
     )
     async def create_call(
         tenant: str, request: Request, authorization: str | None = Header(default=None)

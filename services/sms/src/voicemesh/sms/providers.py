@@ -3,14 +3,18 @@
 Provider failures are translated here, once, into the error tree:
 
 * a throttle (HTTP 429) or a provider outage (5xx, network error) is ``TransientError``:
-  the job is retried with backoff;
+  the job is retried with backoff; a 429 or 503 with ``Retry-After`` is ``Throttled``,
+  which carries the wait Twilio asked for (the sender waits at least that long);
 * a refusal of this message (4xx such as an invalid or unsubscribed number) is
   ``ProviderRejected``: the job is recorded as failed and not retried.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Protocol
 
 import httpx
@@ -50,7 +54,7 @@ class ProviderRejected(PermanentError):
 
 
 class Throttled(TransientError):
-    """The provider asked us to slow down."""
+    """The provider asked us to slow down, and for how long, if it said (``Retry-After``)."""
 
     def __init__(self, message: str, retry_after_s: float | None) -> None:
         super().__init__(message)
@@ -120,8 +124,9 @@ class TwilioProvider:
             payload = response.json()
             return Receipt(provider_id=str(payload["sid"]), status=str(payload.get("status", "")))
         detail, code = _error_of(response)
-        if response.status_code == 429:
-            raise Throttled(f"Twilio throttled the request: {detail}", _retry_after(response))
+        retry_after = _retry_after(response)
+        if response.status_code == 429 or (response.status_code == 503 and retry_after):
+            raise Throttled(f"Twilio throttled the request: {detail}", retry_after)
         if response.status_code >= 500 or response.status_code in (401, 403):
             # An outage, or credentials an operator must fix: retry, then dead-letter.
             raise UnavailableError(f"Twilio answered {response.status_code}: {detail}")
@@ -144,8 +149,18 @@ def _error_of(response: httpx.Response) -> tuple[str, int | None]:
 
 
 def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("Retry-After")
-    try:
-        return float(value) if value is not None else None
-    except ValueError:
+    """``Retry-After`` in seconds: RFC 9110 allows a number of seconds or an HTTP date."""
+    value = response.headers.get("Retry-After", "").strip()
+    if not value:
         return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            at = parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if at.tzinfo is None:  # an HTTP date is GMT; parsedate leaves "-0000" naive
+            at = at.replace(tzinfo=UTC)
+        seconds = (at - datetime.now(UTC)).total_seconds()
+    return max(0.0, seconds) if math.isfinite(seconds) else None

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 
 from redis.asyncio import Redis
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import col, select
+from sqlmodel import col, select, update
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from voicemesh.common import JetStreamPublisher, SmsJob, UnavailableError
@@ -27,8 +27,8 @@ from voicemesh.common.contracts.events import SmsStatus
 from voicemesh.common.contracts.ids import derived_id
 from voicemesh.common.runtime.db import Database
 from voicemesh.common.runtime.ratelimit import SlidingWindowLimiter
-from voicemesh.sms.models import OptOut, SmsMessage
-from voicemesh.sms.providers import ProviderRejected, SmsProvider
+from voicemesh.sms.models import InboundMessage, OptOut, SmsMessage
+from voicemesh.sms.providers import ProviderRejected, Receipt, SmsProvider, Throttled
 
 __all__ = ["RateLimiter", "SmsSender", "is_start", "is_stop"]
 
@@ -39,6 +39,15 @@ START_WORDS = frozenset({"start", "unstop", "yes"})
 #: Longest wait between two looks at the rate limit (the job heartbeats each time).
 MAX_RATE_WAIT_S = 5.0
 FINAL = frozenset({"sent", "delivered", "failed", "opted_out", "undelivered"})
+#: The longest ``Retry-After`` waited out within a delivery, and how many times per delivery.
+MAX_THROTTLE_WAIT_S = 60.0
+MAX_THROTTLE_WAITS = 5
+#: While waiting out a ``Retry-After``, the job tells JetStream it is alive this often.
+THROTTLE_HEARTBEAT_S = 5.0
+#: How far along a message is: a provider's delivery report only ever moves it forward.
+PROGRESS = {"pending": 0, "sent": 1, "delivered": 2, "undelivered": 2, "failed": 2, "opted_out": 2}
+#: The provider's delivery reports that are kept (Twilio's final ``MessageStatus`` values).
+REPORTED = frozenset({"delivered", "undelivered", "failed"})
 
 
 def is_stop(body: str) -> bool:
@@ -110,9 +119,7 @@ class SmsSender:
         await self._limiter.acquire(job.tenant, heartbeat=heartbeat)
         started = time.perf_counter()
         try:
-            receipt = await self._provider.send(
-                job.to, job.body, self._sender_id, status_callback=self._status_callback(job.tenant)
-            )
+            receipt = await self._send(job, heartbeat)
         except ProviderRejected as exc:
             if exc.unsubscribed:
                 await self.opt_out(job.tenant, job.to, source="provider")
@@ -125,6 +132,32 @@ class SmsSender:
             (time.perf_counter() - started) * 1000,
         )
         return await self._finish(row, "sent", provider_id=receipt.provider_id)
+
+    async def _send(self, job: SmsJob, heartbeat: Callable[[], Awaitable[None]]) -> Receipt:
+        """The provider's receipt. When the provider asks for time (``Retry-After``), the job
+        waits that long, still leased, before it tries again: a throttle is not a failed
+        delivery, and must not use up the job's deliveries. A wait longer than
+        ``MAX_THROTTLE_WAIT_S``, or more than ``MAX_THROTTLE_WAITS`` of them, goes back to the
+        delivery policy as ``Throttled`` (a NAK)."""
+        waits = 0
+        while True:
+            try:
+                return await self._provider.send(
+                    job.to,
+                    job.body,
+                    self._sender_id,
+                    status_callback=self._status_callback(job.tenant),
+                )
+            except Throttled as exc:
+                wait = exc.retry_after_s
+                if wait is None or wait > MAX_THROTTLE_WAIT_S or waits >= MAX_THROTTLE_WAITS:
+                    raise
+                waits += 1
+                log.warning("%s asked for %.1f s before the next text", self._provider.name, wait)
+                deadline = time.monotonic() + wait
+                while (left := deadline - time.monotonic()) > 0:
+                    await heartbeat()
+                    await asyncio.sleep(min(left, THROTTLE_HEARTBEAT_S))
 
     async def _claim(self, job: SmsJob) -> SmsMessage:
         now = _now()
@@ -196,9 +229,11 @@ class SmsSender:
     # -- status callbacks -------------------------------------------------------------------
 
     async def provider_status(self, tenant: str, provider_id: str, status: str) -> bool:
-        """Record a delivery report; returns False for a message this tenant never sent."""
-        mapped = {"delivered": "delivered", "undelivered": "undelivered", "failed": "failed"}
-        final = mapped.get(status)
+        """Record a delivery report; returns False for a message this tenant never sent.
+
+        A report only moves a message forward: a repeat (Twilio retries its callbacks) or
+        one that arrives after a final status changes nothing and announces nothing.
+        """
         async with self.session() as session:
             row = (
                 await session.exec(
@@ -209,12 +244,19 @@ class SmsSender:
             ).first()
             if row is None:
                 return False
-            if final is None or row.status == final:
+            if status not in REPORTED:
                 return True  # queued/sending/sent progress reports change nothing we keep
-            row.status = final
-            row.updated_at = _now()
-            session.add(row)
+            behind = [s for s, step in PROGRESS.items() if step < PROGRESS[status]]
+            # Conditional, so that of two reports racing only one moves the message.
+            moved = await session.exec(
+                update(SmsMessage)
+                .where(col(SmsMessage.id) == row.id, col(SmsMessage.status).in_(behind))
+                .values(status=status, updated_at=_now())
+            )
             await session.commit()
+            if moved.rowcount != 1:
+                return True
+            await session.refresh(row)
         await self._announce(row)
         return True
 
@@ -241,15 +283,36 @@ class SmsSender:
             await session.commit()
             return True
 
-    async def inbound(self, tenant: str, sender: str, body: str) -> str:
-        """A reply from a phone: STOP opts it out, START opts it back in."""
+    async def inbound(
+        self, tenant: str, sender: str, body: str, *, message_id: str | None = None
+    ) -> str:
+        """A reply from a phone: STOP opts it out, START opts it back in.
+
+        A provider's message (``message_id``) acts once: the same message again, retried or
+        replayed (an old STOP after a newer START), is a ``duplicate`` that changes nothing.
+        It is remembered after it acted, so a crash in between lets Twilio's retry act.
+        """
+        if message_id is not None:
+            async with self.session() as session:
+                if await session.get(InboundMessage, (tenant, message_id)) is not None:
+                    return "duplicate"
+        result = "ignored"
         if is_stop(body):
             await self.opt_out(tenant, sender)
-            return "opted_out"
-        if is_start(body):
+            result = "opted_out"
+        elif is_start(body):
             await self.opt_in(tenant, sender)
-            return "opted_in"
-        return "ignored"
+            result = "opted_in"
+        if message_id is not None:
+            try:
+                async with self.session() as session:
+                    session.add(
+                        InboundMessage(tenant=tenant, message_id=message_id, received_at=_now())
+                    )
+                    await session.commit()
+            except IntegrityError:
+                pass  # the same message, acted on concurrently: the same action
+        return result
 
     async def opt_outs(self, tenant: str) -> list[OptOut]:
         async with self.session() as session:

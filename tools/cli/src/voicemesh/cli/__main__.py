@@ -4,6 +4,7 @@ voicemesh up                    run the whole mesh locally (what ``make run`` do
 voicemesh streams apply         create missing JetStream streams and consumers
 voicemesh docs [--out DIR]      export the wire contract's JSON Schemas
 voicemesh call [--push] [--say LINE]...   call the agent from the terminal
+voicemesh dlq list|replay --tenant T      read and replay a tenant's dead letters
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from voicemesh.cli import dlq
 from voicemesh.cli.bus import open_nats
 from voicemesh.common.contracts import streams
 from voicemesh.common.contracts.events import event_schemas
@@ -103,6 +105,8 @@ def main(argv: list[str] | None = None) -> None:
     apply_p.add_argument("--tenant", action="append", help="make per-tenant consumers (repeatable)")
     apply_p.add_argument("--replicas", type=int, default=1)
     apply_p.set_defaults(run=lambda a: asyncio.run(_streams_apply(a)))
+
+    dlq.add_commands(sub)
 
     docs = sub.add_parser("docs", help="export JSON Schemas of every wire event")
     docs.add_argument("--out", default="docs/schemas")
