@@ -157,6 +157,36 @@ if ! has_secret "vm-$tenant" database; then
   fi
   put_secret "vm-$tenant" database "crm=$url" "calendar=$url" "sms=$url" "audit=$url" "transcript=$url"
 fi
+# Audit (docs/deploy.md, "The audit trail"): the audit service logs in as an INSERT-only
+# role; the tables belong to postgres. With an external DATABASE_URL, do this by hand.
+if [[ -z "${DATABASE_URL:-}" ]]; then
+  db="vm_$(echo "$tenant" | tr '-' '_')"; writer="${db}_audit"; audit_pw=""
+  if [[ "$(secret_key "vm-$tenant" database audit)" != *"://$writer:"* ]]; then
+    audit_pw="$(random)"
+    if [[ -z "$(pg -c "SELECT 1 FROM pg_roles WHERE rolname = '$writer'")" ]]; then
+      pg <<<"CREATE ROLE \"$writer\" LOGIN PASSWORD '$audit_pw';"
+    else
+      pg <<<"ALTER ROLE \"$writer\" PASSWORD '$audit_pw';"
+    fi
+  fi
+  # Idempotent: creates the tables if missing, takes them from the tenant's role, grants.
+  $PYTHON -m voicemesh.audit schema --database "$db" --writer "$writer" | pg -d "$db"
+  if [[ -n "$audit_pw" ]]; then
+    patch_secret "vm-$tenant" database audit \
+      "postgresql+asyncpg://$writer:$audit_pw@postgres.voicemesh.svc.cluster.local:5432/$db"
+  fi
+fi
+# The key that signs the audit chain's heads; its public half is printed for safekeeping.
+if ! has_secret "vm-$tenant" audit-signing-key; then
+  keys="$(mktemp -d)"
+  $PYTHON -m voicemesh.audit keygen "$keys"
+  k -n "vm-$tenant" create secret generic audit-signing-key \
+    --from-file=private.pem="$keys/private.pem" --from-file=public.pem="$keys/public.pem" \
+    --dry-run=client -o yaml | k apply -f - >/dev/null
+  echo "audit public key of tenant $tenant (keep a copy outside the cluster to verify with):"
+  cat "$keys/public.pem"
+  rm -rf "$keys"
+fi
 put_secret "vm-$tenant" nats-credentials "password=$nats_password"
 put_secret "vm-$tenant" redis "password=$(secret_key voicemesh redis password)"
 put_secret "vm-$tenant" api-keys "keys=$(tr ',' '\n' <<<"$api_keys" | grep "^$tenant:")"

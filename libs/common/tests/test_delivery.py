@@ -61,6 +61,9 @@ def test_retry_policy_backs_off_then_gives_up() -> None:
     assert retry_delay(UnavailableError("db"), 3, 3) is None  # the last delivery
     assert retry_delay(InvalidMessage("bad"), 1, 3) is None  # permanent: at once
     assert retry_delay(RuntimeError("bug"), None, 3) is None  # core NATS: no redelivery
+    throttled = UnavailableError("429 from the provider")
+    throttled.retry_after_s = 12.0  # the provider's Retry-After
+    assert retry_delay(throttled, 1, 3) == 12.0
 
 
 def test_derived_ids_are_stable_tenant_scoped_and_short() -> None:

@@ -24,13 +24,14 @@ async def test_depth_gauge_per_tenant_and_what_may_be_replayed(nats: NatsClient)
         CLINIC: b'{"to": "+14155550100"}',
         SALON: b'{"to": "+14155550100"}',
     }
-    for tenant, body in bodies.items():
-        entry = delivery.dead_letter(subject=subjects.sms_outbound(tenant), consumer="sms-jobs",
-                                     body=body, exc=InvalidMessage("bad"), deliveries=1)  # fmt: skip
-        await delivery.store_dead_letter(entry)
-    for body in (b"\xff\xfe not utf-8", b"x" * (MAX_DLQ_PAYLOAD + 1)):
-        entry = delivery.dead_letter(subject=subjects.sms_outbound(SALON), consumer="sms-jobs",
-                                     body=body, exc=InvalidMessage("bad"), deliveries=5)  # fmt: skip
+    stored = [*bodies.items()]
+    stored += [(SALON, b"\xff\xfe not utf-8"), (SALON, b"x" * (MAX_DLQ_PAYLOAD + 1))]
+    for tenant, body in stored:
+        subject = subjects.sms_outbound(tenant)
+        exc = InvalidMessage("bad")
+        entry = delivery.dead_letter(
+            subject=subject, consumer="sms-jobs", body=body, exc=exc, deliveries=1
+        )
         await delivery.store_dead_letter(entry)
 
     registry = CollectorRegistry()

@@ -14,6 +14,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from subprocess import CompletedProcess
 
 import asyncpg
 import pytest
@@ -31,7 +32,6 @@ from voicemesh.audit.anchor import (
 )
 from voicemesh.audit.chain import ChainEntry
 from voicemesh.audit.models import HEAD, LOG, AuditRecord
-from voicemesh.audit.roles import writer_role_sql
 from voicemesh.audit.store import AuditStore, RecordQuery
 from voicemesh.audit.verify import verify_chain
 from voicemesh.common.contracts import streams
@@ -48,9 +48,12 @@ async def store(database_url: str) -> AsyncIterator[AuditStore]:
         yield AuditStore(db)
 
 
-def _verify(database_url: str, *extra: str) -> subprocess.CompletedProcess[str]:
+def _verify(database_url: str, *extra: str, cli: str = "voicemesh.audit") -> CompletedProcess[str]:
+    """The verifier as operators run it: ``python -m voicemesh.audit verify`` or, with
+    ``cli="voicemesh.cli"``, ``voicemesh audit verify``."""
+    command = ["verify"] if cli == "voicemesh.audit" else ["audit", "verify"]
     return subprocess.run(
-        [sys.executable, "-m", "voicemesh.audit", "verify", "--database-url", database_url, *extra],
+        [sys.executable, "-m", cli, *command, "--database-url", database_url, *extra],
         capture_output=True,
         text=True,
         timeout=60,
@@ -147,12 +150,9 @@ async def test_a_forged_signed_head_is_refused(
     last = (await _rows(store))[-1]
     # Whoever rewrote the chain signs its new head with a key of their own...
     forged = sign_head(theirs, TENANT, last.seq, last.hash, at=datetime.now(UTC))
+    heads = _write_heads(tmp_path, forged)
     out = _verify(
-        database_url,
-        "--public-key",
-        str(public),
-        "--signed-heads",
-        str(_write_heads(tmp_path, forged)),
+        database_url, "--public-key", str(public), "--signed-heads", str(heads), cli="voicemesh.cli"
     )
     assert out.returncode == 1, out.stdout + out.stderr
     assert "signature" in out.stdout and "does not verify" in out.stdout
@@ -190,50 +190,73 @@ async def test_verify_with_a_key_needs_a_signed_head_of_every_tenant(
     assert "FAILED homes: no signed head" in out.stdout
 
 
+def _schema_sql(database: str, writer: str) -> str:
+    """What ``make deploy`` pipes into ``psql`` as postgres (deploy/k8s/deploy.sh)."""
+    args = ["schema", "--database", database, "--writer", writer]
+    out = subprocess.run(
+        [sys.executable, "-m", "voicemesh.audit", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return out.stdout
+
+
 async def test_the_writer_role_may_insert_but_never_change_or_remove_rows(
     postgres_url: str, make_entry: Callable[..., ChainEntry]
 ) -> None:
-    """The grants ``make deploy`` applies, on a real PostgreSQL: INSERT and SELECT only."""
+    """The SQL ``make deploy`` runs, on a real PostgreSQL: the audit service's role may
+    INSERT and SELECT, nothing more, and the tenant's shared role loses the tables it made."""
     admin = postgres_url.replace("postgresql+asyncpg://", "postgresql://")
-    database = admin.rsplit("/", 1)[1]
-    writer = f"vm_audit_{uuid.uuid4().hex[:8]}"
+    server, database = admin.rsplit("@", 1)[1], admin.rsplit("/", 1)[1]
+    suffix = uuid.uuid4().hex[:8]
+    tenant_role, writer = f"vm_t_{suffix}", f"vm_t_{suffix}_audit"
+
+    def url(role: str, driver: str = "postgresql") -> str:
+        return f"{driver}://{role}:pw@{server}"
+
     conn = await asyncpg.connect(admin)
     try:
-        await conn.execute(f"CREATE ROLE \"{writer}\" LOGIN PASSWORD 'writer-pw'")
-        for statement in writer_role_sql(database=database, writer=writer):
-            await conn.execute(statement)
+        await conn.execute(f"CREATE ROLE \"{tenant_role}\" LOGIN PASSWORD 'pw'")
+        await conn.execute(f'GRANT CREATE ON SCHEMA public TO "{tenant_role}"')
+        # Before this change the service made its tables as the tenant's shared role.
+        async with Database(url(tenant_role, "postgresql+asyncpg")) as before:
+            await AuditStore(before).append([make_entry(TENANT) for _ in range(2)])
+        await conn.execute(f"CREATE ROLE \"{writer}\" LOGIN PASSWORD 'pw'")
+        for _ in range(2):  # every deploy runs it again
+            await conn.execute(_schema_sql(database, writer))
     finally:
         await conn.close()
 
-    rest = admin.split("@", 1)[1]
-    writer_url = f"postgresql+asyncpg://{writer}:writer-pw@{rest}"
     try:
         # The service as deployed: tables already there, its own role, appends and reads.
-        async with Database(writer_url) as db:
+        async with Database(url(writer, "postgresql+asyncpg")) as db:
             store = AuditStore(db)
-            await store.append([make_entry(TENANT) for _ in range(3)])
             await store.append([make_entry(TENANT)])
-            assert (await verify_chain(db, TENANT)).ok
-        raw = await asyncpg.connect(f"postgresql://{writer}:writer-pw@{rest}")
-        try:
-            for statement in (
-                "UPDATE audit_log SET payload = '{}' WHERE seq = 2",
-                "DELETE FROM audit_log WHERE seq = 4",
-                "TRUNCATE audit_log",
-                "DROP TABLE audit_log",
-                "ALTER TABLE audit_log DISABLE TRIGGER ALL",
-                "CREATE TABLE audit_log_copy (x int)",
-            ):
-                with pytest.raises(asyncpg.InsufficientPrivilegeError):
-                    await raw.execute(statement)
-            assert await raw.fetchval("SELECT count(*) FROM audit_log") == 4
-        finally:
-            await raw.close()
+            await store.append([make_entry(TENANT)])
+            assert (await verify_chain(db, TENANT)).rows == 4
+        for role in (writer, tenant_role):
+            raw = await asyncpg.connect(url(role))
+            try:
+                for statement in (
+                    "UPDATE audit_log SET payload = '{}' WHERE seq = 2",
+                    "DELETE FROM audit_log WHERE seq = 4",
+                    "TRUNCATE audit_log",
+                    "DROP TABLE audit_log",
+                    "ALTER TABLE audit_log DISABLE TRIGGER ALL",
+                ):
+                    with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                        await raw.execute(statement)
+            finally:
+                await raw.close()
     finally:
         conn = await asyncpg.connect(admin)
         try:
-            await conn.execute(f'DROP OWNED BY "{writer}"')
-            await conn.execute(f'DROP ROLE "{writer}"')
+            assert await conn.fetchval("SELECT count(*) FROM audit_log") == 4
+            for role in (writer, tenant_role):
+                await conn.execute(f'DROP OWNED BY "{role}"')
+                await conn.execute(f'DROP ROLE "{role}"')
         finally:
             await conn.close()
 

@@ -16,6 +16,8 @@ import tomllib
 from importlib.metadata import version
 from pathlib import Path
 
+from voicemesh.gateway.media import _original_level
+
 PINNED = "1.16.0"
 
 #: sha256 (first 16 hex digits) of the source of everything the patch depends on, as read
@@ -24,8 +26,9 @@ PATCHED_INTERNALS = {
     # Builds the audio buffer as JitterBuffer(capacity=16, prefetch=4) by its global name.
     "aiortc.rtcrtpreceiver:RTCRtpReceiver.__init__": "3e3b7b5cefbaac6f",
     "aiortc.jitterbuffer:JitterBuffer.__init__": "32eb81fd50407bef",
-    # What _audio_level_dbov reproduces, and the caller that reaches it through `rtp.`.
-    "aiortc.rtp:compute_audio_level_dbov": "d65138ae99e84548",
+    # What _audio_level_dbov reproduces (aiortc.rtp's, kept by media.py before any patch),
+    # and the caller that reaches it through `rtp.`.
+    "voicemesh.gateway.media:_original_level": "d65138ae99e84548",
     "aiortc.rtcrtpsender:RTCRtpSender._next_encoded_frame": "89dd9fa4fb33741c",
     # Look the Opus classes up by global name; MonoOpus* override their codec contexts.
     "aiortc.codecs:get_encoder": "adcbc1a6dc73e3bf",
@@ -52,6 +55,7 @@ def test_aiortc_is_pinned_exactly_and_installed_at_the_pin() -> None:
 
 
 def test_the_internals_the_patch_replaces_are_unchanged() -> None:
+    assert _original_level.__module__ == "aiortc.rtp"
     found = {path: source_digest(path) for path in PATCHED_INTERNALS}
     changed = {p: d for p, d in found.items() if d != PATCHED_INTERNALS[p]}
     assert not changed, f"aiortc internals changed under media.patch_aiortc: {changed}"
@@ -59,6 +63,6 @@ def test_the_internals_the_patch_replaces_are_unchanged() -> None:
 
 def test_the_digest_notices_a_changed_function() -> None:
     # The check can fail: a function whose source differs gets another digest.
-    assert source_digest("aiortc.rtp:compute_audio_level_dbov") != source_digest(
+    assert source_digest("voicemesh.gateway.media:_original_level") != source_digest(
         "voicemesh.gateway.media:_audio_level_dbov"
     )

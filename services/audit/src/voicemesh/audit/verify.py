@@ -19,12 +19,14 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
 
 from voicemesh.audit.anchor import (
     AuditHeadSigned,
     fetch_heads,
+    key_id,
     load_public_key,
     read_heads,
     signature_valid,
@@ -245,7 +247,7 @@ async def _signed_heads(anchoring: _Anchoring, tenant: str | None) -> list[Audit
 
 async def _run(url: str, tenant: str | None, anchoring: _Anchoring | None) -> int:
     anchors: list[AuditHeadSigned] | None = None
-    forged: list[AuditHeadSigned] = []
+    refused: list[str] = []
     if anchoring is not None:
         try:
             key = load_public_key(anchoring.public_key.read_bytes())
@@ -254,7 +256,11 @@ async def _run(url: str, tenant: str | None, anchoring: _Anchoring | None) -> in
             print(f"cannot read the signed heads or the key: {exc}", file=sys.stderr)
             return 2
         anchors = [h for h in heads if signature_valid(h, key)]
-        forged = [h for h in heads if h not in anchors]
+        refused = [
+            f"FAILED {h.tenant}: {h.name()} is refused: {_why_forged(h, key)}"
+            for h in heads
+            if h not in anchors
+        ]
     db = Database(url)
     try:
         reports = await verify_database(db, tenant, anchors)
@@ -263,17 +269,20 @@ async def _run(url: str, tenant: str | None, anchoring: _Anchoring | None) -> in
         return 2
     finally:
         await db.close()
-    for head in forged:
-        print(
-            f"FAILED {head.tenant}: {head.name()} is refused: its signature does not verify "
-            "with the given public key (forged, altered or signed by another key)"
-        )
-    if not reports and not forged:
+    for line in refused:
+        print(line)
+    if not reports and not refused:
         print("OK: no audit records")
         return 0
     for report in reports:
         print(report.line())
-    return 0 if all(r.ok for r in reports) and not forged else 1
+    return 0 if all(r.ok for r in reports) and not refused else 1
+
+
+def _why_forged(head: AuditHeadSigned, key: Ed25519PublicKey) -> str:
+    if head.key_id != key_id(key):
+        return f"its signature does not verify: signed by another key, not {key_id(key)}"
+    return "its signature does not verify with the given public key (forged or altered)"
 
 
 def main(argv: list[str] | None = None) -> int:

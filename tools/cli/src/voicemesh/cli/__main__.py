@@ -115,10 +115,19 @@ def main(argv: list[str] | None = None) -> None:
     audit = sub.add_parser("audit", help="audit log tools")
     audit_sub = audit.add_subparsers(dest="action", required=True)
     verify = audit_sub.add_parser(
-        "verify", help="verify the hash chain; names the first changed, removed or reordered row"
+        "verify",
+        help="verify the hash chain; names the first changed, removed or reordered row, "
+        "and with --public-key the rows a signed head contradicts",
     )
     verify.add_argument("--tenant", help="verify one tenant's chain (default: every tenant)")
     verify.add_argument("--database-url", help="the audit database (default: DATABASE_URL)")
+    verify.add_argument("--public-key", help="PEM of the audit signing key's public half")
+    verify.add_argument("--signed-heads", help="a file of signed heads, one JSON head a line")
+    verify.add_argument(
+        "--heads-from-nats",
+        action="store_true",
+        help="every signed head in the EVENTS stream (VOICEMESH_NATS_*, admin credentials)",
+    )
     verify.set_defaults(run=_audit)
 
     raw = sys.argv[1:] if argv is None else argv

@@ -31,7 +31,9 @@ async def _list(args: argparse.Namespace) -> int:
         e = stored.entry
         when = e.occurred_at.isoformat(timespec="seconds")
         reason = " ".join(e.reason.split())
-        print(f"{stored.seq}\t{when}\t{e.source}\t{e.subject}\t{e.consumer}\t{e.deliveries}\t{reason}")
+        print(
+            f"{stored.seq}\t{when}\t{e.source}\t{e.subject}\t{e.consumer}\t{e.deliveries}\t{reason}"
+        )
         if args.payload:
             masked = " (redacted)" if stored.redacted else ""
             print(f"\tpayload{masked}: {e.payload}")

@@ -55,6 +55,8 @@ class MeshError(Exception):
 class TransientError(MeshError):
     category = Category.RETRY
     code = "unavailable"
+    #: how long the failing dependency asked us to wait (HTTP ``Retry-After``), if it said
+    retry_after_s: float | None = None
 
 
 class UnavailableError(TransientError):

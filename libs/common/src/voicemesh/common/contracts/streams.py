@@ -158,6 +158,8 @@ CONSUMERS: tuple[ConsumerSpec, ...] = (
     ConsumerSpec("audit", "calls", "CALLS", "lifecycle"),
     ConsumerSpec("audit", "events", "EVENTS", "events"),
     ConsumerSpec("audit", "sms", "SMS", "sms"),
+    # Never fetched from: its pending count is the tenant's DLQ depth (runtime/dlq.py).
+    ConsumerSpec("audit", "dlq", "DLQ", "dlq", max_ack_pending=1),
     ConsumerSpec("transcript", "segments", "TRANSCRIPTS", "transcript"),
     ConsumerSpec("crm", "calls", "CALLS", "lifecycle"),
     ConsumerSpec("crm", "events", "EVENTS", "events"),

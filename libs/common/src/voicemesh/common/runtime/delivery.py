@@ -30,6 +30,7 @@ from voicemesh.common.contracts import subjects
 from voicemesh.common.contracts.errors import (
     Category,
     InvalidMessage,
+    TransientError,
     category_of,
     describe_validation_error,
 )
@@ -78,6 +79,10 @@ def retry_delay(exc: BaseException, deliveries: int | None, max_deliver: int) ->
     permanent = isinstance(exc, ValidationError) or category_of(exc) is Category.DEAD_LETTER
     if permanent or deliveries is None or deliveries >= max_deliver:
         return None
+    # A dependency that said when to come back (HTTP Retry-After) is not asked sooner.
+    asked = exc.retry_after_s if isinstance(exc, TransientError) else None
+    if asked is not None and asked > 0:
+        return max(backoff(deliveries), asked)
     return backoff(deliveries)
 
 

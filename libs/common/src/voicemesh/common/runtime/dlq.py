@@ -25,7 +25,7 @@ from prometheus_client import CollectorRegistry, Gauge
 from voicemesh.common.contracts import subjects
 from voicemesh.common.contracts.events import DeadLetter
 from voicemesh.common.contracts.ids import derived_id, message_id
-from voicemesh.common.contracts.streams import ConsumerSpec, stream_for
+from voicemesh.common.contracts.streams import consumer, stream_for
 from voicemesh.common.runtime.delivery import REDACTED_HEADER
 from voicemesh.common.runtime.tasks import PeriodicTask
 
@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 
 DLQ_STREAM = "DLQ"
 #: Counts each tenant's dead letters; nothing fetches from it, so nothing is ever acked.
-DEPTH_CONSUMER = ConsumerSpec("audit", "dlq", DLQ_STREAM, "dlq", max_ack_pending=1)
+DEPTH_CONSUMER = consumer("audit", "dlq")
 DEPTH_INTERVAL_S = 15.0
 _MSG_ID = "Nats-Msg-Id"
 

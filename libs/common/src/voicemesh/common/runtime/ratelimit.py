@@ -75,7 +75,8 @@ class SlidingWindowLimiter:
             "async+redis://",
             implementation="redispy",
             wrap_exceptions=True,
-            connection_pool=redis.connection_pool,
+            # The service's own pool: one set of Redis connections, one place to close them.
+            connection_pool=redis.connection_pool,  # type: ignore[arg-type]  # typed too narrowly
         )
         self._strategy = MovingWindowRateLimiter(storage)
 
