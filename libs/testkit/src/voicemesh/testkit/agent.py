@@ -275,15 +275,16 @@ class SimulatedCaller(CallerEnd):
 
 @asynccontextmanager
 async def connected_call(
-    nc: NatsClient, tenant: str, call_id: str, vertical: str
+    nc: NatsClient, tenant: str, call_id: str, vertical: str, *, phone: str | None = None
 ) -> AsyncIterator[SimulatedCaller]:
     """A call connected as the gateway connects it: the caller's end listening, then
-    ``CallConnected`` on the call's lifecycle subject; the caller stops on the way out."""
+    ``CallConnected`` on the call's lifecycle subject (with the number the tenant's backend
+    vouched for, if any); the caller stops on the way out."""
     caller = SimulatedCaller(nc, tenant, call_id)
     await caller.start()
     try:
         connected = CallConnected(
-            tenant=tenant, call_id=call_id, source="gateway", vertical=vertical
+            tenant=tenant, call_id=call_id, source="gateway", vertical=vertical, phone=phone
         )
         await publish_event(nc, connected, subjects.call_lifecycle(tenant, call_id))
         yield caller
