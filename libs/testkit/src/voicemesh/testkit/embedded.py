@@ -330,7 +330,17 @@ def start_postgres(
         ),
     ]
     url = f"postgresql+asyncpg://postgres@127.0.0.1:{bound}/postgres"
-    return _serve("postgres", url, bound, argv, data_dir, "postgres.log", timeout)
+    server = _serve("postgres", url, bound, argv, data_dir, "postgres.log", timeout)
+    # Listening is not ready: until recovery ends, connections get "the database system
+    # is starting up". pg_isready asks the server itself.
+    deadline = time.monotonic() + timeout
+    ready = [str(_postgres_bin("pg_isready")), "-h", "127.0.0.1", "-p", str(bound), "-q"]
+    while subprocess.run(ready, check=False).returncode != 0:  # noqa: S603 - located binary
+        if time.monotonic() > deadline:
+            server.stop()
+            raise EmbeddedStackError(f"PostgreSQL on port {bound} did not become ready")
+        time.sleep(0.05)
+    return server
 
 
 def _serve(

@@ -18,7 +18,7 @@ import sys
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Final, Literal
+from typing import Final
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -28,14 +28,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 from nats.errors import Error as NatsError
 from nats.js.errors import NotFoundError
-from pydantic import Field, ValidationError
+from pydantic import ValidationError
 from sqlalchemy import select
 
 from voicemesh.audit.chain import canonical_json, iso_timestamp
 from voicemesh.audit.models import HEAD, LOG
 from voicemesh.common.contracts import subjects
 from voicemesh.common.contracts.errors import UnavailableError
-from voicemesh.common.contracts.events import Envelope
+from voicemesh.common.contracts.events import AuditHeadSigned
 from voicemesh.common.contracts.ids import derived_id
 from voicemesh.common.contracts.streams import stream_for
 from voicemesh.common.runtime.connection import connect
@@ -59,6 +59,7 @@ __all__ = [
     "read_heads",
     "sign_head",
     "signature_valid",
+    "statement",
 ]
 
 log = logging.getLogger(__name__)
@@ -68,37 +69,23 @@ HEAD_EVENT_TYPE: Final = "audit.head_signed"
 _DOMAIN = "voicemesh.audit.head.v1"
 
 
-class AuditHeadSigned(Envelope):
-    """A tenant's chain head, signed: the hash the chain had at ``seq`` at ``signed_at``."""
-
-    type: Literal["audit.head_signed"] = "audit.head_signed"
-    seq: int = Field(ge=1)
-    head_hash: str = Field(pattern=r"^[0-9a-f]{64}$")
-    signed_at: str
-    key_id: str = Field(pattern=r"^[0-9a-f]{16}$")
-    signature: str = Field(max_length=128, description="base64 Ed25519 over statement()")
-
-    def statement(self) -> bytes:
-        """The bytes the signature covers (the envelope's id and times are not part of it)."""
-        return canonical_json(
-            {
-                "domain": _DOMAIN,
-                "tenant": self.tenant,
-                "seq": self.seq,
-                "hash": self.head_hash,
-                "signed_at": self.signed_at,
-                "key_id": self.key_id,
-            }
-        ).encode("utf-8")
-
-    def name(self) -> str:
-        return f"the head signed at {self.signed_at} (seq {self.seq}, key {self.key_id})"
+def statement(head: AuditHeadSigned) -> bytes:
+    """The bytes the signature covers (the envelope's id and times are not part of it)."""
+    return canonical_json(
+        {
+            "domain": _DOMAIN,
+            "tenant": head.tenant,
+            "seq": head.seq,
+            "hash": head.head_hash,
+            "signed_at": head.signed_at,
+            "key_id": head.key_id,
+        }
+    ).encode("utf-8")
 
 
 def head_subject(tenant: str) -> str:
     """``vm.<tenant>.event.audit_head``: EVENTS stores it, the tenant cannot delete it."""
-    # "audit_head" is not yet an EventKind in contracts/subjects.py (see docs/deploy.md).
-    return subjects.event(tenant, "audit_head")  # type: ignore[arg-type]
+    return subjects.event(tenant, "audit_head")
 
 
 # -- keys -------------------------------------------------------------------------------------
@@ -171,13 +158,13 @@ def sign_head(
         key_id=key_id(key.public_key()),
         signature="",
     )
-    signature = base64.b64encode(key.sign(unsigned.statement())).decode("ascii")
+    signature = base64.b64encode(key.sign(statement(unsigned))).decode("ascii")
     return unsigned.model_copy(update={"signature": signature})
 
 
 def signature_valid(head: AuditHeadSigned, key: Ed25519PublicKey) -> bool:
     try:
-        key.verify(base64.b64decode(head.signature, validate=True), head.statement())
+        key.verify(base64.b64decode(head.signature, validate=True), statement(head))
     except (InvalidSignature, binascii.Error, ValueError):
         return False
     return True

@@ -18,6 +18,7 @@ from voicemesh.audit.store import AuditStore, ChainWriter
 from voicemesh.common import MeshService
 from voicemesh.common.contracts.streams import consumer
 from voicemesh.common.runtime.auth import ApiKeys
+from voicemesh.common.runtime.dlq import DlqDepth
 
 __all__ = ["CONSUMER_PURPOSES", "create_app"]
 
@@ -61,6 +62,15 @@ def create_app(settings: AuditSettings) -> MeshService:
         )
     else:
         log.warning("no audit signing key: chain heads are not signed or exported")
+
+    # The DLQ depth of every tenant this process audits (voicemesh_dlq_depth{tenant}).
+    depth = DlqDepth(
+        lambda: service.broker.connection.jetstream(),
+        [settings.tenant] if settings.tenant != "*" else service.tenants.ids(),
+        service.telemetry.registry,
+    )
+    service.faststream.after_startup(depth.start)
+    service.faststream.on_shutdown(depth.stop)
 
     service.http.include_router(
         audit_router(store, ApiKeys.from_settings(settings), service.tenants)

@@ -26,6 +26,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "AnyEvent",
     "AppointmentChanged",
+    "AuditHeadSigned",
     "CallAnswered",
     "CallConnected",
     "CallEnded",
@@ -340,6 +341,22 @@ class SmsStatus(Envelope):
     detail: str = Field(default="", max_length=512)
 
 
+class AuditHeadSigned(Envelope):
+    """A tenant's audit chain head, signed by the audit service (``vm.<tenant>.event.audit_head``):
+    the hash the chain had at ``seq`` at ``signed_at`` (``voicemesh audit verify`` checks it)."""
+
+    type: Literal["audit.head_signed"] = "audit.head_signed"
+    seq: int = Field(ge=1)
+    head_hash: str = Field(pattern=r"^[0-9a-f]{64}$")
+    signed_at: str
+    key_id: str = Field(pattern=r"^[0-9a-f]{16}$")
+    signature: str = Field(max_length=128, description="base64 Ed25519 over its statement")
+
+    def name(self) -> str:
+        """How a verifier names this head in what it reports."""
+        return f"the head signed at {self.signed_at} (seq {self.seq}, key {self.key_id})"
+
+
 # --- dead letters --------------------------------------------------------------------------
 
 
@@ -374,6 +391,7 @@ AnyEvent: TypeAlias = Annotated[
     | SmsJob
     | AppointmentChanged
     | SmsStatus
+    | AuditHeadSigned
     | DeadLetter,
     Field(discriminator="type"),
 ]

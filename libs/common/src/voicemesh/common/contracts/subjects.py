@@ -38,7 +38,7 @@ ANY: Final = "*"
 
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 
-EventKind = Literal["tool", "push", "sms", "contact", "appointment", "handoff"]
+EventKind = Literal["tool", "push", "sms", "contact", "appointment", "handoff", "audit_head"]
 
 
 class SubjectError(ValueError):
