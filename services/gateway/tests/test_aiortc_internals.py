@@ -9,14 +9,10 @@ function the patch relies on, must be read again before the pin moves.
 
 from __future__ import annotations
 
-import hashlib
-import importlib
-import inspect
-import tomllib
-from importlib.metadata import version
 from pathlib import Path
 
 from voicemesh.gateway.media import _original_level
+from voicemesh.testkit.pins import changed_sources, pinned_exactly, source_digest
 
 PINNED = "1.16.0"
 
@@ -38,26 +34,14 @@ PATCHED_INTERNALS = {
 }
 
 
-def source_digest(path: str) -> str:
-    """``"package.module:Qualified.name"`` → the digest of that object's source."""
-    module, _, qualname = path.partition(":")
-    target: object = importlib.import_module(module)
-    for part in qualname.split("."):
-        target = getattr(target, part)
-    return hashlib.sha256(inspect.getsource(target).encode()).hexdigest()[:16]  # type: ignore[arg-type]
-
-
 def test_aiortc_is_pinned_exactly_and_installed_at_the_pin() -> None:
-    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
-    requirements = [r.replace(" ", "") for r in project["project"]["dependencies"]]
-    assert f"aiortc=={PINNED}" in requirements, requirements
-    assert version("aiortc") == PINNED
+    pyproject = Path(__file__).parents[1] / "pyproject.toml"
+    assert pinned_exactly(pyproject, "aiortc") == PINNED
 
 
 def test_the_internals_the_patch_replaces_are_unchanged() -> None:
     assert _original_level.__module__ == "aiortc.rtp"
-    found = {path: source_digest(path) for path in PATCHED_INTERNALS}
-    changed = {p: d for p, d in found.items() if d != PATCHED_INTERNALS[p]}
+    changed = changed_sources(PATCHED_INTERNALS)
     assert not changed, f"aiortc internals changed under media.patch_aiortc: {changed}"
 
 

@@ -10,16 +10,13 @@ again before the pin moves.
 
 from __future__ import annotations
 
-import hashlib
-import importlib
 import inspect
-import tomllib
-from importlib.metadata import version
 from pathlib import Path
 
 from aioapns.connection import APNsTLSClientProtocol
 
 from voicemesh.push.apns import _VoipProtocol
+from voicemesh.testkit.pins import changed_sources, pinned_exactly
 
 PINNED = "4.0"
 
@@ -41,25 +38,13 @@ SUBCLASSED_INTERNALS = {
 }
 
 
-def source_digest(path: str) -> str:
-    """``"package.module:Qualified.name"`` → the digest of that object's source."""
-    module, _, qualname = path.partition(":")
-    target: object = importlib.import_module(module)
-    for part in qualname.split("."):
-        target = getattr(target, part)
-    return hashlib.sha256(inspect.getsource(target).encode()).hexdigest()[:16]  # type: ignore[arg-type]
-
-
 def test_aioapns_is_pinned_exactly_and_installed_at_the_pin() -> None:
-    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
-    requirements = [r.replace(" ", "") for r in project["project"]["dependencies"]]
-    assert f"aioapns=={PINNED}" in requirements, requirements
-    assert version("aioapns") == PINNED
+    pyproject = Path(__file__).parents[1] / "pyproject.toml"
+    assert pinned_exactly(pyproject, "aioapns") == PINNED
 
 
 def test_the_internals_the_subclass_relies_on_are_unchanged() -> None:
-    found = {path: source_digest(path) for path in SUBCLASSED_INTERNALS}
-    changed = {p: d for p, d in found.items() if d != SUBCLASSED_INTERNALS[p]}
+    changed = changed_sources(SUBCLASSED_INTERNALS)
     assert not changed, f"aioapns internals changed under apns._VoipProtocol: {changed}"
     # The overridden methods still exist, with the signatures the overrides assume.
     base = APNsTLSClientProtocol

@@ -156,6 +156,10 @@ class DlqDepth:
             try:
                 info = await js.consumer_info(DLQ_STREAM, durable)
             except NotFoundError:
-                info = await js.add_consumer(DLQ_STREAM, DEPTH_CONSUMER.config(tenant))
+                config = DEPTH_CONSUMER.config(tenant)
+                # Named: created through the filtered CREATE subject a tenant's NATS user
+                # may use (the legacy DURABLE.CREATE carries no filter to fence).
+                config.name = config.durable_name
+                info = await js.add_consumer(DLQ_STREAM, config)
             depth = (info.num_pending or 0) + (info.num_ack_pending or 0)
             self.gauge.labels(tenant=tenant).set(depth)
