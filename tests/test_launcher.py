@@ -54,7 +54,12 @@ async def test_up_starts_everything_healthy_in_15s_and_ctrl_c_leaves_nothing(
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        # As users run it: the suite's coverage tracing (inherited through COVERAGE_*)
+        # would time the tracer, not the stack.
+        env={
+            **{k: v for k, v in os.environ.items() if not k.startswith("COVERAGE")},
+            "PYTHONUNBUFFERED": "1",
+        },
     )
     rows: dict[str, tuple[str, int]] = {}
     lines: list[str] = []
@@ -96,6 +101,9 @@ async def test_up_starts_everything_healthy_in_15s_and_ctrl_c_leaves_nothing(
     finally:
         if launcher.poll() is None:
             os.killpg(launcher.pid, signal.SIGKILL)
+            launcher.wait(timeout=10)
+        if launcher.stdout is not None:
+            launcher.stdout.close()
         for _, pid in rows.values():
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)

@@ -23,6 +23,13 @@ NEW_YORK = ZoneInfo("America/New_York")
 NOW = datetime(2026, 11, 24, 10, 0, tzinfo=NEW_YORK)
 
 LIBRARY = ProfileLibrary()
+#: A caller booking a haircut with Maria tomorrow at 3 p.m., line by line.
+SALON_BOOKING = [
+    "i would like to book a haircut with maria tomorrow at three p m",
+    "my name is john smith",
+    "five five five one two three four five six seven",
+    "yes please",
+]
 
 
 def _conversation(nats: NatsClient, tenant: str, profile: str) -> OfflineConversation:
@@ -66,12 +73,7 @@ async def test_salon_books_tomorrow_at_three_pm_local_time(nats: NatsClient) -> 
     desk = standard_desk(nats, "t-salon")
     await desk.start()
     conversation = _conversation(nats, "t-salon", "salon")
-    for line in [
-        "i would like to book a haircut with maria tomorrow at three p m",
-        "my name is john smith",
-        "five five five one two three four five six seven",
-        "yes please",
-    ]:
+    for line in SALON_BOOKING:
         reply = await conversation.respond(line)
     assert "all set" in reply.text
     (book,) = desk.calls("calendar.book")
@@ -97,12 +99,7 @@ async def test_a_refused_text_is_never_claimed_as_sent(nats: NatsClient) -> None
 
     await desk.start()
     conversation = _conversation(nats, "t-salon", "salon")
-    for line in [
-        "i would like to book a haircut with maria tomorrow at three p m",
-        "my name is john smith",
-        "five five five one two three four five six seven",
-        "yes please",
-    ]:
+    for line in SALON_BOOKING:
         reply = await conversation.respond(line)
     await desk.stop()
     assert "all set" in reply.text and "text" not in reply.text.lower(), reply.text
