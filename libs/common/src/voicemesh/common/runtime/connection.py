@@ -99,6 +99,16 @@ class MeshBroker(NatsBroker):
         self.config.connect(connection)
         return connection
 
+    async def start(self) -> None:
+        """Start the subscribers, then wait until the server has registered them.
+
+        nats-py sends SUB without waiting; the round trip of ``flush`` means a request sent
+        on any other connection after ``start`` returns finds this service's responders.
+        """
+        await super().start()
+        if self._connection is not None:
+            await self._connection.flush()
+
 
 def make_nats_broker(
     settings: NatsSettings,
