@@ -48,6 +48,7 @@ from voicemesh.testkit.whip import WhipCaller
 
 TENANT = "demo-salon"
 API_KEY = "bench-api-key-0123456789abcdef"
+OPS_TOKEN = "bench-ops-token-0123456789abcdef"  # noqa: S105 - the load counters; local only
 SECRET = "bench-call-token-secret-0123456789abcdef"  # noqa: S105 - throwaway, local only
 RESULTS = Path(__file__).resolve().parent / "results"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -140,6 +141,7 @@ def start_gateway(run: Running, nats_url: str, redis_url: str, prefetch: int) ->
         "VOICEMESH_REDIS_URL": redis_url,
         "VOICEMESH_CALL_TOKEN_SECRET": SECRET,
         "VOICEMESH_API_KEYS": f"{TENANT}:{API_KEY}",
+        "VOICEMESH_METRICS_TOKEN": OPS_TOKEN,
         "VOICEMESH_HTTP_PORT": str(port),
         "VOICEMESH_MAX_CALLS": "32",
         "VOICEMESH_RECEIVE_PREFETCH": str(prefetch),
@@ -341,7 +343,8 @@ async def run_clients(args: argparse.Namespace) -> None:
         ]
         load: dict[str, Any] = {}
         if args.kind == "gateway":
-            load = (await http.get("/v1/gateway/load")).json()
+            ops = {"Authorization": f"Bearer {OPS_TOKEN}"}
+            load = (await http.get("/v1/gateway/load", headers=ops)).json()
         for c in callers:
             if args.kind == "gateway" and c.location:
                 await http.delete(c.location)

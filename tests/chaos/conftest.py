@@ -22,6 +22,15 @@ from voicemesh.testkit.mesh import provision
 RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results" / "chaos.json"
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every fault test kills or stalls processes under load: it runs in the serial phase of
+    ``make test`` (``-m slow``), where no parallel worker competes for the two cores."""
+    here = Path(__file__).parent
+    for item in items:
+        if item.path.is_relative_to(here):
+            item.add_marker(pytest.mark.slow)
+
+
 def record_section(name: str, data: dict[str, Any], path: Path = RESULTS) -> None:
     """Replace section ``name`` of the chaos results with ``data`` (other sections kept)."""
     results.record_section(path, name, data)

@@ -39,7 +39,6 @@ PUBLIC = {
     ("GET", "/metrics"),
     ("GET", "/demo"),  # the page; creating a call from it needs a key (demo disabled here)
     ("GET", "/v1/demo/tenants"),
-    ("GET", "/v1/gateway/load"),  # counts only, for the load balancer
     ("GET", "/v1/profiles"),  # agent: profile names
     ("GET", "/v1/calls"),  # agent: a count of live conversations
 }
@@ -55,6 +54,8 @@ SIGNED_WEBHOOKS = {  # Twilio's HMAC signature is the credential; 404 unless pro
     ("POST", "/v1/{tenant}/twilio/status"),
 }
 ICE_SERVERS = ("GET", "/v1/ice-servers")  # a tenant key or a call token
+# The ops bearer token (VOICEMESH_METRICS_TOKEN) and nothing else; closed when none is set.
+OPS_ROUTES = {("GET", "/v1/gateway/load")}
 
 PATH_VALUES = {"call_id": "c-missing", "contact_id": "missing", "session_id": "s-missing"}
 DEVICE_TOKEN = "ab" * 32
@@ -109,6 +110,18 @@ async def test_every_route_refuses_missing_forged_and_other_tenant_keys(
             if key in PUBLIC or key in CALL_TOKEN_ROUTES or key == ICE_SERVERS:
                 continue
             url = op.url(base, tenant)
+            if key in OPS_ROUTES:
+                for label, authorization in (
+                    ("no key", None),
+                    ("forged", forged),
+                    ("tenant key", own),
+                ):
+                    r = await _send(http, op, url, authorization)
+                    tried += 1
+                    refused += r.status_code == 401
+                    if r.status_code != 401:
+                        wrong.append(f"{key} {label}: {r.status_code} (expected 401)")
+                continue
             if key in CAPABILITY_ROUTES or key in SIGNED_WEBHOOKS:
                 r = await _send(http, op, url, own)
                 if r.status_code not in {403, 404, 405}:

@@ -219,6 +219,13 @@ async def test_call_ended_stops_the_conversation(agent: AgentService, nats: Nats
         )
         await publish_event(nats, ended, subjects.call_lifecycle("demo-salon", "call-end"))
         await wait_until(lambda: "call-end" not in agent.runtime.sessions, 5)
+
+        async def quiet() -> bool:  # frames sent before the end may still be in flight
+            count = len(caller.audio)
+            await asyncio.sleep(0.3)
+            return len(caller.audio) == count
+
+        await wait_until(quiet, 5, what="the agent's voice stops")
         count = len(caller.audio)
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(1.0)
         assert len(caller.audio) == count

@@ -23,6 +23,8 @@ from voicemesh.testkit.whip import EchoAgent
 SECRET = "test-call-token-secret-0123456789abcdef"
 API_KEY = "key-for-demo-salon-0123456789"
 TENANT = "demo-salon"
+#: The ops bearer token (``VOICEMESH_METRICS_TOKEN``): /metrics and /v1/gateway/load.
+OPS_TOKEN = "ops-token-for-the-gateway-0123456789"
 
 
 @dataclass
@@ -65,6 +67,7 @@ def gateway_settings(nats_url: str, redis_url: str) -> Callable[..., GatewaySett
                 "turns:turn.example.com:443?transport=tcp",
             ],
             "media_timeout_s": 5.0,
+            "metrics_token": OPS_TOKEN,
             **overrides,
         }
         return GatewaySettings(**values)

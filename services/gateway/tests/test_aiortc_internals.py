@@ -2,7 +2,8 @@
 
 The patch swaps module globals that aiortc looks up at call time (the receiver's
 ``JitterBuffer``, ``rtp.compute_audio_level_dbov``, the codecs' ``OpusEncoder`` and
-``OpusDecoder``) and subclasses the Opus codecs' constructors. It was written against the
+``OpusDecoder``, aioice's ``get_host_addresses``) and subclasses the Opus codecs'
+constructors. It was written against the
 exact aiortc pinned in ``pyproject.toml``; a different version, or a changed source of any
 function the patch relies on, must be read again before the pin moves.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from voicemesh.gateway.advertise import _original_host_addresses
 from voicemesh.gateway.media import _original_level
 from voicemesh.testkit.pins import changed_sources, pinned_exactly, source_digest
 
@@ -31,6 +33,12 @@ PATCHED_INTERNALS = {
     "aiortc.codecs:get_decoder": "34ebfdf7296a1a32",
     "aiortc.codecs.opus:OpusEncoder": "1041fbee9bf1a3fa",
     "aiortc.codecs.opus:OpusDecoder": "40cd30859e54f638",
+    # advertise.gathering_on: aioice looks get_host_addresses up by its global name while
+    # gathering, which aiortc runs inside setLocalDescription (the answering task's context).
+    "aioice.ice:get_host_addresses": "d4a54f9a68c39ff1",
+    "aioice.ice:Connection.gather_candidates": "d33db28d4d1e49ff",
+    "aiortc.rtcicetransport:RTCIceGatherer.gather": "147d15cd640f570e",
+    "aiortc.rtcpeerconnection:RTCPeerConnection._RTCPeerConnection__gather": "8b6a11b5afe39a10",
 }
 
 
@@ -41,6 +49,7 @@ def test_aiortc_is_pinned_exactly_and_installed_at_the_pin() -> None:
 
 def test_the_internals_the_patch_replaces_are_unchanged() -> None:
     assert _original_level.__module__ == "aiortc.rtp"
+    assert _original_host_addresses.__module__ == "aioice.ice"
     changed = changed_sources(PATCHED_INTERNALS)
     assert not changed, f"aiortc internals changed under media.patch_aiortc: {changed}"
 

@@ -16,7 +16,7 @@ from voicemesh.testkit.fixtures import wait_until
 from voicemesh.testkit.tracks import dominant_frequency, rms
 from voicemesh.testkit.whip import WhipCaller
 
-from .conftest import API_KEY, SECRET, TENANT, GatewayHarness
+from .conftest import API_KEY, OPS_TOKEN, SECRET, TENANT, GatewayHarness
 
 
 async def _call(h: GatewayHarness, **caller_options: Any) -> tuple[WhipCaller, str]:
@@ -51,8 +51,11 @@ async def test_tone_reaches_audio_in_and_the_echo_comes_back(
         assert h.lifecycle.types(call_id)[:1] == ["call.connected"]
         connected = h.lifecycle.events[0]
         assert connected.vertical == "salon" and connected.direction == "inbound"
-        load = (await h.http.get("/v1/gateway/load")).json()
-        assert load["active"] == 1 and load["sessions"] == [call_id]
+        ops = {"Authorization": f"Bearer {OPS_TOKEN}"}
+        load = await h.http.get("/v1/gateway/load", headers=ops)
+        assert load.status_code == 200
+        assert (load.json()["active"], load.json()["capacity"], load.json()["free"]) == (1, 8, 7)
+        assert call_id not in load.text  # counts only: no call id leaves this worker
     finally:
         response = await caller.hangup()
         await caller.close()
@@ -60,7 +63,8 @@ async def test_tone_reaches_audio_in_and_the_echo_comes_back(
     await wait_until(lambda: h.lifecycle.ended(call_id), 5, what="call.ended")
     assert [e.reason.value for e in h.lifecycle.ended(call_id)] == ["hangup"]
     assert h.lifecycle.types(call_id) == ["call.connected", "call.ended"]
-    assert (await h.http.get("/v1/gateway/load")).json()["active"] == 0
+    load = await h.http.get("/v1/gateway/load", headers={"Authorization": f"Bearer {OPS_TOKEN}"})
+    assert load.json()["active"] == 0
     assert (await h.http.delete(caller.location or "")).status_code == 404
 
 

@@ -14,9 +14,10 @@ from typing import Any
 import pytest
 
 from voicemesh.common.runtime.tokens import issue_call_token
+from voicemesh.testkit.fixtures import wait_until
 from voicemesh.testkit.whip import WhipCaller
 
-from .conftest import API_KEY, SECRET, TENANT, GatewayHarness
+from .conftest import API_KEY, OPS_TOKEN, SECRET, TENANT, GatewayHarness
 
 SDP = {"Content-Type": "application/sdp"}
 
@@ -187,3 +188,46 @@ async def test_ice_servers_carry_coturn_rest_credentials(
     mac = hmac.new(b"turn-shared-secret", turn["username"].encode(), hashlib.sha1).digest()
     assert turn["credential"] == base64.b64encode(mac).decode()
     assert turn["credentialType"] == "password"
+
+
+async def test_the_load_endpoint_needs_the_ops_token_and_lists_no_calls(
+    start_gateway: Callable[..., Any],
+) -> None:
+    h: GatewayHarness = await start_gateway()
+    created = (await h.http.post(f"/v1/{TENANT}/calls", headers=_bearer(API_KEY))).json()
+    caller = WhipCaller(h.http)
+    try:
+        answered = await caller.connect(created["whip_url"], created["token"])
+        assert answered.status_code == 201, answered.text
+        refused = [
+            await h.http.get("/v1/gateway/load", headers=headers)
+            for headers in (
+                {},
+                _bearer("forged-ops-token-0123456789"),
+                _bearer(API_KEY),  # a tenant's key sees no other tenant's traffic
+                {"Authorization": f"Basic {OPS_TOKEN}"},
+            )
+        ]
+        assert [r.status_code for r in refused] == [401] * 4
+        assert all(r.headers["www-authenticate"] == "Bearer" for r in refused)
+        mine = {"worker_id": h.gw.worker_id, "active": 1, "capacity": 8, "free": 7}
+
+        async def published() -> bool:  # the registry heartbeat carries the new count
+            load = await h.http.get("/v1/gateway/load", headers=_bearer(OPS_TOKEN))
+            return load.status_code == 200 and load.json()["workers"] == [mine]
+
+        await wait_until(published, 5, what="this worker's load in the registry")
+        load = await h.http.get("/v1/gateway/load", headers=_bearer(OPS_TOKEN))
+        body = load.json()
+        assert (body["active"], body["capacity"], body["free"]) == (1, 8, 7)
+        assert created["call_id"] not in load.text and "sessions" not in body
+    finally:
+        await caller.close()
+
+
+async def test_without_an_ops_token_the_load_endpoint_is_closed(
+    start_gateway: Callable[..., Any],
+) -> None:
+    h: GatewayHarness = await start_gateway(metrics_token=None)
+    for headers in ({}, _bearer(""), _bearer(OPS_TOKEN), _bearer(API_KEY)):
+        assert (await h.http.get("/v1/gateway/load", headers=headers)).status_code == 401

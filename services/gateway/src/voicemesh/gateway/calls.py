@@ -38,6 +38,7 @@ from opentelemetry import context as otel_context
 from voicemesh.common import CallAnswered, CallConnected, CallEnded, EndReason
 from voicemesh.common.runtime.delivery import Delivery
 from voicemesh.common.runtime.publisher import JetStreamPublisher
+from voicemesh.gateway import advertise
 from voicemesh.gateway._tasks import cancel_and_wait
 from voicemesh.gateway.callbus import CallBus
 from voicemesh.gateway.media import AgentAudioTrack, CallerAudio, Playout
@@ -106,6 +107,8 @@ class CallManager:
         playout_prefill_ms: int,
         playout_max_ms: int,
         stun_urls: list[str],
+        media_bind_ip: str = "",
+        media_advertise_ip: str = "",
         on_count: Callable[[int], None] = lambda n: None,
         on_ended: Callable[[str], Awaitable[None]] | None = None,
         drain_timeout_s: float = DRAIN_TIMEOUT_S,
@@ -123,6 +126,8 @@ class CallManager:
         self._prefill_ms = playout_prefill_ms
         self._max_ms = playout_max_ms
         self._stun = stun_urls
+        self._bind_ip = media_bind_ip
+        self._advertise_ip = media_advertise_ip
         self._on_count = on_count
         self.calls: dict[str, CallSession] = {}
         self._by_session: dict[str, str] = {}
@@ -249,7 +254,8 @@ class CallManager:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
             pc.addTrack(track_out)
             answer = await pc.createAnswer()
-            await pc.setLocalDescription(answer)
+            with advertise.gathering_on(self._bind_ip):
+                await pc.setLocalDescription(answer)
         except OfferRejected:
             raise
         except Exception as exc:
@@ -257,7 +263,7 @@ class CallManager:
         local = pc.localDescription
         if not re.search(r"^m=audio [1-9]", local.sdp, re.MULTILINE):
             raise OfferRejected("no audio codec in common (Opus, G.722, PCMU or PCMA)")
-        return str(local.sdp)
+        return advertise.advertise(str(local.sdp), self._bind_ip, self._advertise_ip)
 
     async def _agent_hangup(self, call: CallSession) -> None:
         await self.end(call, EndReason.AGENT_HANGUP)
@@ -305,6 +311,17 @@ class CallManager:
                 await self._on_ended(call.call_id)
             await self.bus.lifecycle(call, CallEnded, reason=reason, duration_s=round(duration, 3))
             log.info("call ended: %s after %.1fs", reason.value, duration)
+
+    async def end_lost(self, tenant: str, call_id: str, *, origin: str) -> None:
+        """Publish ``CallEnded`` (``error``) for a call another worker held when it died."""
+        if call_id in self.calls:
+            return
+        call = CallSession(
+            tenant=tenant, call_id=call_id, vertical=None, origin=origin, playout=Playout()
+        )
+        self.ended[call_id] = EndReason.ERROR
+        await self.bus.lifecycle(call, CallEnded, reason=EndReason.ERROR, duration_s=0.0)
+        log.info("call ended: %s (its worker was lost)", EndReason.ERROR.value)
 
     async def _discard(self, call: CallSession) -> None:
         self.calls.pop(call.call_id, None)

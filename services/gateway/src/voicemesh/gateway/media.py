@@ -6,8 +6,9 @@
 * ``Playout`` is the small jitter buffer for ``audio.out``: frames at any supported rate
   are resampled to 48 kHz and queued; ``AgentAudioTrack`` paces them out in real time and
   sends silence when the agent is quiet. ``clear()`` is barge-in.
-* ``patch_aiortc`` lowers aiortc's fixed receive prefetch (4 frames, ~80 ms) and replaces
-  its pure-Python RFC 6465 audio-level loop with numpy.
+* ``patch_aiortc`` lowers aiortc's fixed receive prefetch (4 frames, ~80 ms), replaces
+  its pure-Python RFC 6465 audio-level loop with numpy and lets each answer choose the
+  address its host candidates are gathered on (``advertise``).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from av import AudioFrame as AvFrame
 from av import AudioResampler, CodecContext
 
 from voicemesh.common.contracts.audio import AudioFrame, decode_frame, encode_frame
+from voicemesh.gateway import advertise
 from voicemesh.gateway._tasks import cancel_and_wait
 
 __all__ = [
@@ -69,8 +71,11 @@ def patch_aiortc(
     * Its Opus encoder always encodes 96 kbit/s stereo; the agent speaks mono, and 32 kbit/s
       mono Opus is transparent for speech at a fraction of the encode cost. Decoding to
       mono saves the downmix before the 16 kHz resampler.
+    * aioice gathers host candidates on every interface; ``advertise.gathering_on`` narrows
+      that to the worker's media address for its own answers.
     """
     unpatch_aiortc()
+    advertise.install()
 
     def jitter_buffer(capacity: int, prefetch: int = 0, is_video: bool = False) -> JitterBuffer:
         return JitterBuffer(
@@ -113,6 +118,7 @@ def patch_aiortc(
 
 def unpatch_aiortc() -> None:
     """Back to aiortc's own behaviour (benchmarks compare both)."""
+    advertise.uninstall()
     aiortc.rtcrtpreceiver.__dict__["JitterBuffer"] = JitterBuffer
     aiortc.rtp.compute_audio_level_dbov = _original_level
     aiortc.codecs.__dict__["OpusEncoder"] = OpusEncoder

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Annotated
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode
 
 from voicemesh.common import ServiceSettings
@@ -23,12 +24,21 @@ class GatewaySettings(ServiceSettings, ApiKeySettings):
     )
     call_token_ttl_s: int = Field(default=120, gt=0, le=3600)
 
-    # -- workers: several gateway processes on one host share Redis --------------------------
+    # -- workers: several gateway processes (pods) share Redis --------------------------------
+    gateway_public_url: str = Field(
+        default="",
+        description="the origin clients reach every worker at (the Ingress), e.g. "
+        "https://voice.example.com: whip_url and Location are built from it; "
+        "empty: worker_url (one worker serving its own address)",
+    )
     worker_id: str = Field(default="", description="unique per process; empty: host and pid")
     worker_url: str = Field(
         default="",
-        description="this process's own base URL (WHIP sessions are pinned to it); "
-        "empty: http://<http_host>:<http_port>",
+        description="this process's internal base URL: the other workers forward the "
+        "signaling of the calls it holds to it; empty: http://<http_host>:<http_port>",
+    )
+    forward_timeout_s: float = Field(
+        default=15.0, gt=0, le=120, description="how long a forwarded request may take"
     )
     max_calls: int = Field(
         default=8,
@@ -37,6 +47,12 @@ class GatewaySettings(ServiceSettings, ApiKeySettings):
         description="admission limit per process (measured by bench/gateway.py)",
     )
     retry_after_s: int = Field(default=5, ge=1)
+    worker_lost_s: float = Field(
+        default=15.0,
+        ge=2,
+        le=600,
+        description="a worker silent this long has died: a live worker ends its calls",
+    )
 
     # -- per-tenant signaling rate limits (Redis sliding window, shared by all workers) -------
     call_rate_limit: int = Field(
@@ -59,6 +75,18 @@ class GatewaySettings(ServiceSettings, ApiKeySettings):
     turn_ttl_s: int = Field(default=3600, ge=60, le=86400)
     stun_urls: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
+    # -- the media address of this worker (ICE host candidates) ------------------------------
+    media_advertise_ip: str = Field(
+        default="",
+        description="the IP address this worker's ICE host candidates carry: its pod IP, "
+        "or the public IP of a 1:1 NAT in front of media_bind_ip; empty: the bound addresses",
+    )
+    media_bind_ip: str = Field(
+        default="",
+        description="the local address ICE host candidates are gathered on; "
+        "empty: media_advertise_ip when set, else every interface",
+    )
+
     # -- media and call timing ---------------------------------------------------------------
     receive_prefetch: int = Field(
         default=1,
@@ -80,6 +108,19 @@ class GatewaySettings(ServiceSettings, ApiKeySettings):
     demo_enabled: bool = Field(
         default=True, description="/demo may create calls for the demo tenants without a key"
     )
+
+    @field_validator("media_advertise_ip", "media_bind_ip")
+    @classmethod
+    def _ip(cls, value: str) -> str:
+        return str(ipaddress.ip_address(value.strip())) if value.strip() else ""
+
+    @model_validator(mode="after")
+    def _same_family(self) -> GatewaySettings:
+        bound, advertised = self.media_bind_ip, self.media_advertise_ip
+        if bound and advertised:
+            if ipaddress.ip_address(bound).version != ipaddress.ip_address(advertised).version:
+                raise ValueError("media_bind_ip and media_advertise_ip must both be IPv4 or IPv6")
+        return self
 
     @field_validator("turn_urls", "stun_urls", mode="before")
     @classmethod
