@@ -12,6 +12,18 @@
 #    base (NATS rolls to load the new user), waits for the streams job, and applies the
 #    tenant. Set DATABASE_URL to use an external PostgreSQL for this tenant and
 #    PROVIDER_EGRESS=1 to let the pod reach OpenAI / the SMS provider over HTTPS.
+#
+# TLS: NATS (clients and routes), Redis and PostgreSQL only speak TLS. The first deploy needs
+# the operator's CA: TLS_CA_CERT=ca.crt TLS_CA_KEY=ca.key (PEM files). deploy.sh issues the
+# servers' certificates from it (deploy/k8s/certs.py) into the Secrets nats-tls, redis-tls
+# and postgres-tls, and puts the CA certificate alone into the Secret mesh-ca of every
+# namespace (the clients verify the servers with it). Existing Secrets are kept; to rotate,
+# delete them and deploy again with the CA. A test CA: `uv run python deploy/k8s/certs.py ca DIR`.
+#
+# Redis: one ACL user per tenant, fenced to its own keys, and one per edge service
+# (deploy/k8s/redis_acl.py). Passwords: the Secret voicemesh/redis-users (one key per user);
+# the ACL file Redis loads: voicemesh/redis-acl (regenerated and loaded with ACL LOAD);
+# the tenant's own user and password: vm-<tenant>/redis (username, password).
 set -euo pipefail
 
 K8S="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -117,7 +129,36 @@ has_secret voicemesh nats-users || put_secret voicemesh nats-users \
   "$(env_name admin)=$(random)" "$(env_name gateway)=$(random)" "$(env_name push)=$(random)"
 add_secret_key voicemesh nats-users "$(env_name "$tenant")" "$(random)"
 nats_password="$(secret_key voicemesh nats-users "$(env_name "$tenant")")"
-has_secret voicemesh redis || put_secret voicemesh redis "password=$(random)"
+# TLS: the servers' certificates from the operator's CA, and the CA for the clients.
+if ! has_secret voicemesh nats-tls || ! has_secret voicemesh redis-tls \
+   || ! has_secret voicemesh postgres-tls || ! has_secret voicemesh mesh-ca; then
+  if [[ -z "${TLS_CA_CERT:-}" || -z "${TLS_CA_KEY:-}" ]]; then
+    echo "the TLS Secrets are missing: set TLS_CA_CERT and TLS_CA_KEY to your CA's PEM files" >&2
+    exit 2
+  fi
+  issued="$(mktemp -d)"; trap 'rm -rf "$issued"' EXIT
+  $PYTHON "$K8S/certs.py" issue "$TLS_CA_CERT" "$TLS_CA_KEY" "$issued"
+  for server in nats redis postgres; do
+    has_secret voicemesh "$server-tls" || k -n voicemesh create secret generic "$server-tls" \
+      --from-file="$issued/$server/tls.crt" --from-file="$issued/$server/tls.key" \
+      --from-file="$issued/$server/ca.crt" --dry-run=client -o yaml | k apply -f - >/dev/null
+  done
+  has_secret voicemesh mesh-ca || k -n voicemesh create secret generic mesh-ca \
+    --from-file=ca.crt="$TLS_CA_CERT" --dry-run=client -o yaml | k apply -f - >/dev/null
+  rm -rf "$issued"
+fi
+# The tenant's pod verifies the servers with the same CA.
+k -n "vm-$tenant" create secret generic mesh-ca \
+  --from-file=ca.crt=<(secret_key voicemesh mesh-ca ca.crt) --dry-run=client -o yaml \
+  | k apply -f - >/dev/null
+
+# Redis ACL users: admin (the Redis pod itself), gateway, push, and this tenant.
+has_secret voicemesh redis-users || put_secret voicemesh redis-users \
+  "admin=$(random)" "gateway=$(random)" "push=$(random)"
+add_secret_key voicemesh redis-users "$tenant" "$(random)"
+k -n voicemesh get secret redis-users -o json | $PYTHON "$K8S/redis_acl.py" \
+  | k -n voicemesh create secret generic redis-acl --from-file=users.acl=/dev/stdin \
+      --dry-run=client -o yaml | k apply -f - >/dev/null
 has_secret voicemesh postgres-admin || put_secret voicemesh postgres-admin "password=$(random)"
 has_secret voicemesh call-token || put_secret voicemesh call-token "secret=$(random)$(random)"
 has_secret voicemesh turn || put_secret voicemesh turn "static-auth-secret=$(random)"
@@ -144,7 +185,8 @@ ensure_database() {  # name password -> creates role and database if missing
 }
 if ! has_secret voicemesh push-database; then
   push_pw="$(random)"; ensure_database vm_push "$push_pw"
-  put_secret voicemesh push-database "url=postgresql+asyncpg://vm_push:$push_pw@postgres:5432/vm_push"
+  put_secret voicemesh push-database \
+    "url=postgresql+asyncpg://vm_push:$push_pw@postgres:5432/vm_push?ssl=verify-full"
 fi
 
 if ! has_secret "vm-$tenant" database; then
@@ -153,7 +195,7 @@ if ! has_secret "vm-$tenant" database; then
   else
     db="vm_$(echo "$tenant" | tr '-' '_')"; pw="$(random)"
     ensure_database "$db" "$pw"
-    url="postgresql+asyncpg://$db:$pw@postgres.voicemesh.svc.cluster.local:5432/$db"
+    url="postgresql+asyncpg://$db:$pw@postgres.voicemesh.svc.cluster.local:5432/$db?ssl=verify-full"
   fi
   put_secret "vm-$tenant" database "crm=$url" "calendar=$url" "sms=$url" "audit=$url" "transcript=$url"
 fi
@@ -173,7 +215,7 @@ if [[ -z "${DATABASE_URL:-}" ]]; then
   $PYTHON -m voicemesh.audit schema --database "$db" --writer "$writer" | pg -d "$db"
   if [[ -n "$audit_pw" ]]; then
     patch_secret "vm-$tenant" database audit \
-      "postgresql+asyncpg://$writer:$audit_pw@postgres.voicemesh.svc.cluster.local:5432/$db"
+      "postgresql+asyncpg://$writer:$audit_pw@postgres.voicemesh.svc.cluster.local:5432/$db?ssl=verify-full"
   fi
 fi
 # The key that signs the audit chain's heads; its public half is printed for safekeeping.
@@ -188,13 +230,18 @@ if ! has_secret "vm-$tenant" audit-signing-key; then
   rm -rf "$keys"
 fi
 put_secret "vm-$tenant" nats-credentials "password=$nats_password"
-put_secret "vm-$tenant" redis "password=$(secret_key voicemesh redis password)"
+put_secret "vm-$tenant" redis "username=$tenant" "password=$(secret_key voicemesh redis-users "$tenant")"
 put_secret "vm-$tenant" api-keys "keys=$(tr ',' '\n' <<<"$api_keys" | grep "^$tenant:")"
 put_secret "vm-$tenant" metrics "token=$(secret_key voicemesh metrics token)"
 
 # The new NATS user and tenant list roll NATS, gateway and push (their ConfigMaps changed);
 # API keys live in a Secret, so the edge services are restarted to read them.
 k -n voicemesh rollout status statefulset/nats --timeout=600s
+# Redis loads the new ACL file once the kubelet has updated the mounted Secret.
+k -n voicemesh rollout status deployment/redis --timeout=300s
+k -n voicemesh exec deploy/redis -c redis -- sh -c \
+  "until grep -q '^user $tenant ' /etc/redis/acl/users.acl; do sleep 2; done; \
+   redis-cli --tls --cacert /etc/redis/tls/ca.crt --user admin ACL LOAD" >/dev/null
 k -n voicemesh rollout restart deployment/gateway deployment/push
 k -n voicemesh wait --for=condition=complete job/streams-apply --timeout=300s
 k apply -k "$overlay"

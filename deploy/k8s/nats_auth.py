@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from voicemesh.common.contracts import subjects
-from voicemesh.common.contracts.streams import CONSUMERS
+from voicemesh.common.contracts.streams import CONSUMERS, ConsumerSpec, consumer
 from voicemesh.common.contracts.tenancy import Vertical, validate_tenant_id
 
 HERE = Path(__file__).resolve().parent
@@ -35,7 +35,30 @@ TENANTS_ENV = HERE / "base" / "tenants.env"
 #: The six containers of a tenant's agent pod share one NATS user.
 POD_SERVICES = ("agent", "crm", "calendar", "sms", "audit", "transcript")
 ADMIN_USER = "admin"
-EDGE_USERS = {"gateway": ("gateway",), "push": ("push",)}
+
+
+@dataclass(frozen=True)
+class EdgeConsumers:
+    """The durable consumers a shared edge service (serving every tenant) uses: ``shared``
+    ones it reads for all tenants at once, ``per_tenant`` ones it opens for each tenant."""
+
+    shared: tuple[tuple[str, str], ...] = ()
+    per_tenant: tuple[tuple[str, str], ...] = ()
+
+    def subjects(self, tenants: Iterable[str]) -> list[str]:
+        out = consumer_api_subjects([consumer(*c) for c in self.shared], subjects.ANY)
+        for tenant in sorted(set(tenants)):
+            out += consumer_api_subjects([consumer(*c) for c in self.per_tenant], tenant)
+        return out
+
+
+#: The edge services' users. The gateway reads no stream. Push takes ring jobs from the
+#: all-tenant PUSH work queue (``push-jobs``) and reads each tenant's lifecycle events on
+#: that tenant's own durable, ``push-calls-<tenant>`` (its lanes: services/push lanes.py).
+EDGE_USERS: dict[str, EdgeConsumers] = {
+    "gateway": EdgeConsumers(),
+    "push": EdgeConsumers(shared=(("push", "jobs"),), per_tenant=(("push", "calls"),)),
+}
 
 _PASSWORD_REF = re.compile(r'("password":\s*)\$([A-Z0-9_]+)')
 
@@ -71,20 +94,18 @@ def password_env(user: str) -> str:
     return "VM_NATS_PASSWORD_" + re.sub(r"[^A-Z0-9]", "_", user.upper())
 
 
-def consumer_api_subjects(services: Iterable[str], tenant: str) -> list[str]:
-    """JetStream API subjects the durable consumers of ``services`` for ``tenant`` need.
+def consumer_api_subjects(specs: Iterable[ConsumerSpec], tenant: str) -> list[str]:
+    """JetStream API subjects the durable consumers ``specs`` of ``tenant`` need.
 
     Info, fetch (``MSG.NEXT``) and acks on exactly those durables; create only with a filter
     subject inside the tenant's own subjects (the server checks that the filter in the
     request matches the one in the subject), so a tenant cannot point a consumer at another
-    tenant's messages.
+    tenant's messages. Never the legacy ``CONSUMER.DURABLE.CREATE``, whose subject names no
+    filter: nats-py creates named consumers through ``CONSUMER.CREATE`` (servers >= 2.9).
     """
-    wanted = set(services)
     fence = f"{subjects.ROOT}.>" if tenant == subjects.ANY else subjects.all_tenant_subjects(tenant)
     out: list[str] = []
-    for spec in CONSUMERS:
-        if spec.service not in wanted:
-            continue
+    for spec in specs:
         durable = spec.durable(tenant)
         out += [
             f"$JS.API.CONSUMER.INFO.{spec.stream}.{durable}",
@@ -95,31 +116,28 @@ def consumer_api_subjects(services: Iterable[str], tenant: str) -> list[str]:
     return out
 
 
+def pod_consumers() -> list[ConsumerSpec]:
+    """The durable consumers of the services in a tenant's pod."""
+    return [spec for spec in CONSUMERS if spec.service in POD_SERVICES]
+
+
 def tenant_user(tenant: str) -> NatsUser:
     """The user of one tenant's agent pod: its subjects, its inboxes, its consumers."""
     validate_tenant_id(tenant)
     own = [subjects.all_tenant_subjects(tenant), f"{subjects.inbox_prefix(tenant)}.>"]
     return NatsUser(
         name=tenant,
-        publish=(*own, *consumer_api_subjects(POD_SERVICES, tenant)),
+        publish=(*own, *consumer_api_subjects(pod_consumers(), tenant)),
         subscribe=tuple(own),
         tenant=tenant,
     )
 
 
-def edge_user(name: str, services: Iterable[str], tenants: Iterable[str] = ()) -> NatsUser:
-    """A shared edge service (gateway, push): every tenant's subjects, no stream admin.
-
-    It serves every deployed tenant, and push reads each tenant's lifecycle events on that
-    tenant's own durable (its per-tenant lanes), so it gets those consumers too.
-    """
-    services = tuple(services)
+def edge_user(name: str, tenants: Iterable[str] = ()) -> NatsUser:
+    """A shared edge service (gateway, push): every tenant's subjects, no stream admin, and
+    exactly the consumers it uses (``EDGE_USERS``) for every deployed tenant."""
     every = [f"{subjects.ROOT}.>", f"{subjects.inbox_prefix(subjects.ANY)}.>"]
-    consumers = [
-        subject
-        for tenant in (subjects.ANY, *sorted(set(tenants)))
-        for subject in consumer_api_subjects(services, tenant)
-    ]
+    consumers = EDGE_USERS[name].subjects(tenants)
     return NatsUser(name=name, publish=(*every, *consumers), subscribe=tuple(every))
 
 
@@ -165,7 +183,7 @@ def render_tenants_env(tenants: dict[str, str]) -> str:
 
 def all_users(tenants: Iterable[str]) -> list[NatsUser]:
     tenants = sorted(set(tenants))
-    users = [admin_user(), *(edge_user(n, s, tenants) for n, s in EDGE_USERS.items())]
+    users = [admin_user(), *(edge_user(name, tenants) for name in EDGE_USERS)]
     names = {u.name for u in users}
     for tenant in tenants:
         if tenant in names:

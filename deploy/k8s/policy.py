@@ -3,8 +3,10 @@
 ``check(docs)`` returns every violation in one rendered overlay: containers without
 probes, resources or the hardened security context, ``latest`` or untagged images,
 Secret values written inline, grace periods shorter than the services' graceful shutdown,
-voicemesh containers without OTLP or Prometheus annotations, namespaces without a
-default-deny NetworkPolicy, tenant pods that connect as another NATS user, and tenant
+voicemesh containers without OTLP or Prometheus annotations or whose liveness probe asks
+a dependency (``/readyz``, ``/healthz``: NATS down must not restart pods) or that reach
+NATS, Redis or PostgreSQL without verified TLS or run with the demo settings on, namespaces
+without a default-deny NetworkPolicy, tenant pods that connect as another NATS user, and tenant
 NATS users whose permissions reach outside ``vm.<tenant>.>``. ``validate.py`` runs it on
 every overlay; ``tests/k8s`` shows it failing.
 """
@@ -27,6 +29,11 @@ VOICEMESH_IMAGE = "ghcr.io/voicemesh/"
 DEFAULT_GRACEFUL_TIMEOUT_S = 10.0
 WORKLOADS = {"Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob"}
 LONG_RUNNING = {"Deployment", "StatefulSet", "DaemonSet"}
+#: The probe paths of a voicemesh container (``runtime/service.py``): liveness and startup
+#: ask only whether the process answers; readiness whether its NATS connection is up.
+PROBE_PATHS = {"startupProbe": "/livez", "livenessProbe": "/livez", "readinessProbe": "/readyz"}
+#: Paths that answer 503 when NATS (or another dependency) is down: readiness only.
+DEPENDENCY_PROBE_PATHS = frozenset({"/readyz", "/healthz"})
 
 _SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|API_?KEY|CREDENTIAL|PRIVATE|_AUTH$|DATABASE_URL")
 _REF_ONLY = re.compile(r"^(\$\([A-Za-z_][A-Za-z0-9_]*\))+$")
@@ -149,14 +156,7 @@ def _check_container(
         yield Violation(where, "security-context", f"capabilities.add {caps['add']}")
 
     if kind in LONG_RUNNING:
-        for probe in ("livenessProbe", "readinessProbe"):
-            spec = container.get(probe)
-            if not spec:
-                yield Violation(where, "probes", f"no {probe}")
-            elif image.startswith(VOICEMESH_IMAGE):
-                path = ((spec.get("httpGet") or {}).get("path") or "").split("?")[0]
-                if path != "/healthz":
-                    yield Violation(where, "probes", f"{probe} is not an HTTP GET of /healthz")
+        yield from _check_probes(where, container, ours=image.startswith(VOICEMESH_IMAGE))
 
     tenant = env.get("VOICEMESH_TENANT", "*")
     if tenant != "*" and env.get("VOICEMESH_NATS_USER") != tenant:
@@ -167,8 +167,66 @@ def _check_container(
         otlp = env.get("VOICEMESH_OTLP_ENDPOINT", "")
         if not re.match(r"^http://jaeger(\.[a-z0-9.-]+)?:4318/?$", otlp):
             yield Violation(where, "otlp", f"VOICEMESH_OTLP_ENDPOINT is {otlp!r}, not Jaeger")
+        yield from _check_tls(where, container, env)
+        yield from _check_demo_off(where, image, env)
 
     yield from _check_inline_secrets(where, container)
+
+
+def _probe_path(spec: Doc) -> str:
+    return str((spec.get("httpGet") or {}).get("path") or "").split("?")[0]
+
+
+def _check_probes(where: str, container: Doc, *, ours: bool) -> Iterator[Violation]:
+    """Both probes exist; a voicemesh container's follow ``PROBE_PATHS``, and none of its
+    liveness or startup probes asks a dependency (a NATS outage would restart every pod)."""
+    for probe in ("livenessProbe", "readinessProbe"):
+        if not container.get(probe):
+            yield Violation(where, "probes", f"no {probe}")
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        spec = container.get(probe)
+        if not spec or not ours:
+            continue
+        path = _probe_path(spec)
+        if probe != "readinessProbe" and path in DEPENDENCY_PROBE_PATHS:
+            yield Violation(
+                where, "liveness-dependency", f"{probe} {path} fails when a dependency is down"
+            )
+        elif path != PROBE_PATHS[probe]:
+            yield Violation(where, "probes", f"{probe} is not an HTTP GET of {PROBE_PATHS[probe]}")
+
+
+def _check_tls(where: str, container: Doc, env: dict[str, str]) -> Iterator[Violation]:
+    """NATS, Redis and PostgreSQL over TLS, each server verified against the mesh's CA."""
+    urls = env.get("VOICEMESH_NATS_URLS") or env.get("VOICEMESH_NATS_URL", "")
+    if any(not u.strip().startswith("tls://") for u in urls.split(",")):
+        yield Violation(where, "tls", f"NATS URL {urls!r} is not tls://")
+    if not env.get("VOICEMESH_NATS_TLS_CA_FILE"):
+        yield Violation(where, "tls", "no VOICEMESH_NATS_TLS_CA_FILE: the server is not verified")
+    redis = env.get("VOICEMESH_REDIS_URL")
+    if redis is not None and not (
+        redis.startswith("rediss://") and "ssl_ca_certs=" in redis.partition("?")[2]
+    ):
+        yield Violation(where, "tls", "VOICEMESH_REDIS_URL is not rediss:// with ssl_ca_certs")
+    database = any(e.get("name") == "VOICEMESH_DATABASE_URL" for e in container.get("env") or [])
+    if database and not env.get("PGSSLROOTCERT"):
+        yield Violation(where, "tls", "a database URL but no PGSSLROOTCERT to verify it with")
+
+
+#: Per service, the settings that are on for ``make run`` (their default) and must be off in
+#: the manifests: the gateway's unauthenticated demo calls, the crm's demo records.
+DEMO_SETTINGS = {"gateway": ("VOICEMESH_DEMO_ENABLED",), "crm": ("VOICEMESH_SEED_DEMO_DATA",)}
+
+
+def _check_demo_off(where: str, image: str, env: dict[str, str]) -> Iterator[Violation]:
+    service = re.split(r"[:@]", image.removeprefix(VOICEMESH_IMAGE), maxsplit=1)[0]
+    for name in DEMO_SETTINGS.get(service, ()):
+        if env.get(name, "true").strip().lower() not in ("false", "0", "no", "off"):
+            yield Violation(where, "demo", f"{name} is not false (unauthenticated demo data)")
+    # The gateway's default CORS origin "*" (for /demo from any page) is for make run only.
+    origins = env.get("VOICEMESH_CORS_ORIGINS")
+    if service == "gateway" and (origins is None or "*" in origins):
+        yield Violation(where, "demo", "VOICEMESH_CORS_ORIGINS is unset or allows every origin")
 
 
 def _secret_named(name: str) -> bool:

@@ -30,10 +30,12 @@ import yaml
 # Run as a script: make the repository root importable, so ``deploy.k8s`` is a package.
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from deploy.k8s import nats_auth, policy  # importable thanks to the line above
+from deploy.k8s import certs, nats_auth, policy  # importable thanks to the line above
 
 HERE = Path(__file__).resolve().parent
 K8S_VERSION = "1.32.0"
+#: Where the NATS pods mount the Secret nats-tls (base/nats/statefulset.yaml).
+NATS_TLS_DIR = "/etc/nats-tls/"
 
 
 def kubectl() -> str:
@@ -78,7 +80,8 @@ def schema_errors(docs: list[dict[str, Any]]) -> list[str]:
 
 
 def nats_config_errors(docs: list[dict[str, Any]]) -> list[str]:
-    """``nats-server -t`` on the rendered NATS ConfigMap, with placeholder passwords."""
+    """``nats-server -t`` on the rendered NATS ConfigMap, with placeholder passwords and a
+    throwaway certificate where the pods mount theirs."""
     errors: list[str] = []
     for doc in docs:
         data = doc.get("data") or {}
@@ -92,8 +95,11 @@ def nats_config_errors(docs: list[dict[str, Any]]) -> list[str]:
         env = {**os.environ, "SERVER_NAME": "nats-0"}
         env |= {nats_auth.password_env(user): "placeholder" for user in users}
         with tempfile.TemporaryDirectory() as tmp:
+            # The pods' certificate Secret: a throwaway CA's, in its place.
+            ca_cert, ca_key = certs.make_ca("validate.py")
+            certs.write_server_certs(ca_cert, ca_key, Path(tmp), {"tls": certs.SERVERS["nats"]})
             for name, text in data.items():
-                (Path(tmp) / name).write_text(text)
+                (Path(tmp) / name).write_text(text.replace(NATS_TLS_DIR, f"{tmp}/tls/"))
             result = subprocess.run(  # noqa: S603 - our binary, our file
                 [server, "-t", "-c", str(Path(tmp) / "nats.conf")],
                 capture_output=True,

@@ -236,6 +236,16 @@ def _env(docs: Docs, name: str) -> Doc:
     return found
 
 
+def _probe_on(probe: str, path: str) -> Mutation:
+    """Point the crm container's ``probe`` at ``path``."""
+    return lambda d: _crm(d)[probe]["httpGet"].update(path=path)
+
+
+def _set_env(name: str, value: str) -> Mutation:
+    """Give the crm container ``name=value``, over what its ConfigMaps say."""
+    return lambda d: _crm(d)["env"].append({"name": name, "value": value})
+
+
 def _drop_default_deny(docs: Docs) -> None:
     docs[:] = [
         d
@@ -247,10 +257,11 @@ def _drop_default_deny(docs: Docs) -> None:
 VERTICAL_BREAKAGES: dict[str, tuple[Mutation, str]] = {
     "no liveness probe": (lambda d: _crm(d).pop("livenessProbe"), "probes"),
     "no readiness probe": (lambda d: _crm(d).pop("readinessProbe"), "probes"),
-    "probe not on /healthz": (
-        lambda d: _crm(d)["livenessProbe"]["httpGet"].update(path="/metrics"),
-        "probes",
-    ),
+    "probe not on /livez": (_probe_on("livenessProbe", "/metrics"), "probes"),
+    "readiness not on /readyz": (_probe_on("readinessProbe", "/livez"), "probes"),
+    "liveness asks NATS": (_probe_on("livenessProbe", "/readyz"), "liveness-dependency"),
+    "liveness on the old /healthz": (_probe_on("livenessProbe", "/healthz"), "liveness-dependency"),
+    "startup asks NATS": (_probe_on("startupProbe", "/readyz"), "liveness-dependency"),
     "no limits": (lambda d: _crm(d)["resources"].pop("limits"), "resources"),
     "no memory request": (lambda d: _crm(d)["resources"]["requests"].pop("memory"), "resources"),
     "no security context": (lambda d: _crm(d).pop("securityContext"), "security-context"),
@@ -303,16 +314,21 @@ VERTICAL_BREAKAGES: dict[str, tuple[Mutation, str]] = {
         "prometheus",
     ),
     "OTLP elsewhere": (
-        lambda d: _crm(d)["env"].append(
-            {"name": "VOICEMESH_OTLP_ENDPOINT", "value": "http://collector.example.com:4318"}
-        ),
+        _set_env("VOICEMESH_OTLP_ENDPOINT", "http://collector.example.com:4318"),
         "otlp",
     ),
     "no default deny": (_drop_default_deny, "network-policy"),
-    "another tenant's NATS user": (
-        lambda d: _crm(d)["env"].append({"name": "VOICEMESH_NATS_USER", "value": "demo-legal"}),
-        "nats-user",
+    "NATS in clear text": (_set_env("VOICEMESH_NATS_URL", "nats://nats.voicemesh:4222"), "tls"),
+    "NATS server not verified": (_set_env("VOICEMESH_NATS_TLS_CA_FILE", ""), "tls"),
+    "Redis in clear text": (
+        lambda d: _env(d, "VOICEMESH_REDIS_URL").update(
+            value="redis://$(REDIS_USER):$(REDIS_PASSWORD)@redis.voicemesh:6379/2"
+        ),
+        "tls",
     ),
+    "PostgreSQL not verified": (_set_env("PGSSLROOTCERT", ""), "tls"),
+    "demo records seeded": (_set_env("VOICEMESH_SEED_DEMO_DATA", "true"), "demo"),
+    "another tenant's NATS user": (_set_env("VOICEMESH_NATS_USER", "demo-legal"), "nats-user"),
 }
 
 
@@ -411,3 +427,17 @@ def test_a_tenant_suffix_does_not_grant_another_tenants_consumers(k8s: ModuleTyp
     assert not allowed("b", "$JS.ACK.CALLS.agent-calls-a-b.>")
     assert not allowed("acme", subjects.all_tenant_subjects("acmex"))
     assert not allowed("acme", f"{subjects.ROOT}.acme")
+
+
+@pytest.mark.parametrize("origins", ["*", "https://app.example.com,*", None])
+def test_policy_fails_when_the_gateway_allows_every_origin(
+    k8s: ModuleType, passing: Callable[[str], Docs], origins: str | None
+) -> None:
+    """CORS "*" lets any web page drive the API from a visitor's browser: make run only."""
+    docs = passing("base")
+    data = find_prefix(docs, "ConfigMap", "edge-config-")["data"]
+    if origins is None:
+        data.pop("VOICEMESH_CORS_ORIGINS")
+    else:
+        data["VOICEMESH_CORS_ORIGINS"] = origins
+    assert "demo" in rules(k8s, docs)

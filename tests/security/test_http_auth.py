@@ -35,6 +35,8 @@ from .conftest import SERVICES, TENANTS, SecureMesh, record_security
 pytestmark = pytest.mark.slow
 
 PUBLIC = {
+    ("GET", "/livez"),  # the probes: no data, the kubelet has no key
+    ("GET", "/readyz"),
     ("GET", "/healthz"),
     ("GET", "/metrics"),
     ("GET", "/demo"),  # the page; creating a call from it needs a key (demo disabled here)

@@ -1,4 +1,5 @@
-"""Every service process: /healthz follows the broker, /metrics serves, SIGTERM exits cleanly."""
+"""Every service process: /readyz follows the broker, /livez the process, /metrics serves,
+SIGTERM exits cleanly."""
 
 from __future__ import annotations
 
@@ -45,24 +46,37 @@ async def test_service_serves_health_and_metrics_and_stops_on_sigterm(
     assert "stopped" in proc.log()
 
 
-async def test_healthz_is_503_while_nats_is_down(
+async def test_readiness_follows_nats_and_liveness_does_not(
     nats_server: EmbeddedServer,
     nats: NatsClient,
     nats_url: str,
     sqlite_url: str,
     processes: ProcessTracker,
 ) -> None:
+    """With NATS down the pod leaves the Service (``/readyz`` 503) but is not restarted
+    (``/livez`` stays 200); ``/healthz`` answers as ``/readyz`` does."""
     await streams.apply(nats.jetstream())
     env = {"VOICEMESH_NATS_URL": nats_url, "VOICEMESH_DATABASE_URL": sqlite_url}
     proc = processes.python_module("voicemesh.crm", env)
     await proc.wait_healthy()
-    url = f"http://127.0.0.1:{proc.http_port}/healthz"
-    async with httpx.AsyncClient(timeout=5) as client:
+    base = f"http://127.0.0.1:{proc.http_port}"
+    probes = ("/livez", "/readyz", "/healthz")
+    async with httpx.AsyncClient(base_url=base, timeout=5) as client:
+        assert await _statuses(client, probes) == dict.fromkeys(probes, 200)
+        assert (await client.get("/livez")).json() == {"service": "crm", "alive": True}
         nats_server.stop()
-        await wait_until(lambda: _status(client, url, 503), timeout=10, what="503 with NATS down")
+        await wait_until(
+            lambda: _status(client, "/readyz", 503), timeout=10, what="503 with NATS down"
+        )
+        assert await _statuses(client, probes) == {"/livez": 200, "/readyz": 503, "/healthz": 503}
         nats_server.restart()
-        await wait_until(lambda: _status(client, url, 200), timeout=15, what="200 after restart")
+        await wait_until(lambda: _status(client, "/readyz", 200), timeout=15, what="200 after")
+        assert await _statuses(client, probes) == dict.fromkeys(probes, 200)
     proc.signal(signal.SIGTERM)
+
+
+async def _statuses(client: httpx.AsyncClient, paths: tuple[str, ...]) -> dict[str, int]:
+    return {path: (await client.get(path)).status_code for path in paths}
 
 
 async def _status(client: httpx.AsyncClient, url: str, expected: int) -> bool:

@@ -76,7 +76,7 @@ def create_app(settings: GatewaySettings, *, api_keys: ApiKeys | None = None) ->
     http = service.http
     http.add_middleware(
         CORSMiddleware,
-        allow_origins=["*"],
+        allow_origins=settings.cors_origins,
         allow_methods=["GET", "POST", "DELETE", "PATCH", "OPTIONS"],
         allow_headers=["Authorization", "Content-Type"],
         expose_headers=["Location", "Link", "Retry-After"],

@@ -108,6 +108,11 @@ class GatewaySettings(ServiceSettings, ApiKeySettings):
     demo_enabled: bool = Field(
         default=True, description="/demo may create calls for the demo tenants without a key"
     )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default=["*"],
+        description="origins whose pages may call the API from a browser (comma-separated); "
+        "empty: none, the production default",
+    )
 
     @field_validator("media_advertise_ip", "media_bind_ip")
     @classmethod
@@ -122,7 +127,7 @@ class GatewaySettings(ServiceSettings, ApiKeySettings):
                 raise ValueError("media_bind_ip and media_advertise_ip must both be IPv4 or IPv6")
         return self
 
-    @field_validator("turn_urls", "stun_urls", mode="before")
+    @field_validator("turn_urls", "stun_urls", "cors_origins", mode="before")
     @classmethod
     def _split(cls, value: object) -> object:
         if isinstance(value, str):

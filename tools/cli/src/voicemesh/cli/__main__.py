@@ -21,6 +21,7 @@ from voicemesh.cli import dlq
 from voicemesh.cli.bus import open_nats
 from voicemesh.common.contracts import streams
 from voicemesh.common.contracts.events import event_schemas
+from voicemesh.common.runtime.settings import StreamSettings
 
 
 def _up(args: argparse.Namespace) -> int:
@@ -46,7 +47,10 @@ async def _streams_apply(args: argparse.Namespace) -> int:
     client = await open_nats(args.nats_url, name="voicemesh-streams")
     try:
         results = await streams.apply(
-            client.jetstream(), tenants=args.tenant or ["*"], replicas=args.replicas
+            client.jetstream(),
+            tenants=args.tenant or ["*"],
+            replicas=args.replicas,
+            limits=StreamSettings().limits(),  # VOICEMESH_STREAM_* over the defaults
         )
     finally:
         await client.drain()

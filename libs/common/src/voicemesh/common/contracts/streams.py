@@ -1,14 +1,26 @@
 """JetStream streams and durable consumers, defined once and provisioned idempotently.
 
-``apply`` creates what is missing and never overwrites what exists: an operator who changed
-a stream's retention or a consumer's ``max_deliver`` keeps the change. The only thing it adds
-to an existing stream is a subject the code needs and the stream lacks.
-Services subscribe with ``declare=False`` streams, so starting a service changes nothing.
+``apply`` creates what is missing and otherwise changes two things only: a subject the code
+needs and a stream lacks is added, and each stream's storage limits (``StreamLimits``) are
+set to the configured ones. Anything else an operator changed (a stream's retention, a
+consumer's ``max_deliver``) is kept. Services subscribe with ``declare=False`` streams, so
+starting a service changes nothing.
+
+Limits: the JetStream store is shared by every tenant, so every stream has a ``max_bytes``
+and a per-subject message limit. A full stream refuses new messages (``DiscardPolicy.NEW``)
+rather than deleting stored ones nobody has consumed yet: the publisher gets the error. The
+per-subject limit is a per-tenant limit where the subject is the tenant's own (the PUSH and
+SMS queues and the DLQ are one subject per tenant, events one per tenant and type) and a
+per-call one on CALLS and TRANSCRIPTS: one tenant's flood reaches its own ceiling first and
+costs only its own oldest messages (its pending push jobs are refused instead). The defaults
+suit the shipped 9 GB store per server; ``VOICEMESH_STREAM_*`` (``StreamSettings``) changes
+them.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -17,6 +29,7 @@ from nats.js.api import (
     AckPolicy,
     ConsumerConfig,
     DeliverPolicy,
+    DiscardPolicy,
     RetentionPolicy,
     StorageType,
     StreamConfig,
@@ -31,6 +44,7 @@ __all__ = [
     "STREAMS",
     "ApplyResult",
     "ConsumerSpec",
+    "StreamLimits",
     "StreamSpec",
     "apply",
     "consumer",
@@ -42,19 +56,52 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 DAY = 86400.0
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class StreamLimits:
+    """How much one stream may hold, in all and per subject (see the module docstring)."""
+
+    max_bytes: int
+    max_msgs_per_subject: int
+    #: Refuse, rather than delete the oldest, per subject too (work queues: pending jobs).
+    discard_new_per_subject: bool = False
+
+    def __post_init__(self) -> None:
+        if self.max_bytes < 1 or self.max_msgs_per_subject < 1:
+            raise ValueError("stream limits must be positive")
+
+    def differs_from(self, config: StreamConfig) -> bool:
+        return (
+            config.max_bytes != self.max_bytes
+            or config.max_msgs_per_subject != self.max_msgs_per_subject
+            or config.discard != DiscardPolicy.NEW
+            or bool(config.discard_new_per_subject) != self.discard_new_per_subject
+        )
+
+    def set_on(self, config: StreamConfig) -> StreamConfig:
+        config.max_bytes = self.max_bytes
+        config.max_msgs_per_subject = self.max_msgs_per_subject
+        config.discard = DiscardPolicy.NEW
+        config.discard_new_per_subject = self.discard_new_per_subject
+        return config
 
 
 @dataclass(frozen=True)
 class StreamSpec:
     name: str
     subjects: tuple[str, ...]
+    limits: StreamLimits
     retention: RetentionPolicy = RetentionPolicy.LIMITS
     max_age_s: float = 7 * DAY
     duplicate_window_s: float = 120.0
     description: str = ""
 
-    def config(self, storage: StorageType, replicas: int) -> StreamConfig:
-        return StreamConfig(
+    def config(
+        self, storage: StorageType, replicas: int, limits: StreamLimits | None = None
+    ) -> StreamConfig:
+        config = StreamConfig(
             name=self.name,
             description=self.description,
             subjects=list(self.subjects),
@@ -64,6 +111,7 @@ class StreamSpec:
             storage=storage,
             num_replicas=replicas,
         )
+        return (limits or self.limits).set_on(config)
 
     def jstream(self) -> JStream:
         """The FastStream handle for subscribers: never declares or changes the stream."""
@@ -123,31 +171,44 @@ STREAMS: dict[str, StreamSpec] = {
     s.name: s
     for s in (
         StreamSpec(
-            "CALLS", (subjects.call_lifecycle("*", "*"),), description="call lifecycle events"
+            "CALLS",
+            (subjects.call_lifecycle("*", "*"),),
+            StreamLimits(1024 * MIB, max_msgs_per_subject=1_000),  # per call
+            description="call lifecycle events",
         ),
         StreamSpec(
             "TRANSCRIPTS",
             (subjects.call_transcript("*", "*"),),
+            StreamLimits(2048 * MIB, max_msgs_per_subject=10_000),  # per call
             max_age_s=30 * DAY,
             description="transcript segments",
         ),
         StreamSpec(
             "EVENTS",
             (subjects.event("*", "*"),),
+            StreamLimits(2048 * MIB, max_msgs_per_subject=200_000),  # per tenant and type
             max_age_s=30 * DAY,
             description="tool, push and SMS outcome events",
         ),
         StreamSpec(
             "PUSH",
             (subjects.push_voip("*"),),
+            # Per tenant: at most this many pending jobs; more are refused, not dropped.
+            StreamLimits(256 * MIB, max_msgs_per_subject=10_000, discard_new_per_subject=True),
             retention=RetentionPolicy.WORK_QUEUE,
             max_age_s=3600.0,
             description="VoIP push jobs (work queue)",
         ),
-        StreamSpec("SMS", (subjects.sms_outbound("*"),), description="outbound SMS jobs"),
+        StreamSpec(
+            "SMS",
+            (subjects.sms_outbound("*"),),
+            StreamLimits(512 * MIB, max_msgs_per_subject=50_000),  # per tenant
+            description="outbound SMS jobs",
+        ),
         StreamSpec(
             "DLQ",
             (subjects.dead_letter("*"),),
+            StreamLimits(512 * MIB, max_msgs_per_subject=20_000),  # per tenant
             max_age_s=30 * DAY,
             description="messages that could not be handled, with the reason",
         ),
@@ -195,7 +256,7 @@ def consumer(service: str, purpose: str) -> ConsumerSpec:
 class ApplyResult:
     kind: Literal["stream", "consumer"]
     name: str
-    action: Literal["created", "unchanged", "subjects_added"]
+    action: Literal["created", "unchanged", "subjects_added", "limits_set"]
 
 
 async def apply(
@@ -205,15 +266,23 @@ async def apply(
     services: set[str] | None = None,
     storage: StorageType = StorageType.FILE,
     replicas: int = 1,
+    limits: Mapping[str, StreamLimits] | None = None,
 ) -> list[ApplyResult]:
-    """Create the streams and the durable consumers that are missing; change nothing else.
+    """Create the streams and durable consumers that are missing, add missing subjects and
+    set every stream's limits; change nothing else.
 
     ``tenants`` lists the tenants whose consumers to create (``["*"]``, the default, makes
     the all-tenant consumers the local stack uses); ``services`` limits which services'.
+    ``limits`` (stream name -> limits, e.g. ``StreamSettings().limits()``) replaces the
+    defaults of the streams it names.
     """
+    unknown = set(limits or {}) - set(STREAMS)
+    if unknown:
+        raise ValueError(f"no such streams: {sorted(unknown)}")
     results: list[ApplyResult] = []
     for spec in STREAMS.values():
-        results.append(await _apply_stream(js, spec, storage, replicas))
+        wanted = (limits or {}).get(spec.name, spec.limits)
+        results.append(await _apply_stream(js, spec, storage, replicas, wanted))
     for tenant in tenants or ["*"]:
         for cspec in CONSUMERS:
             if services is not None and cspec.service not in services:
@@ -223,23 +292,39 @@ async def apply(
 
 
 async def _apply_stream(
-    js: JetStreamContext, spec: StreamSpec, storage: StorageType, replicas: int
+    js: JetStreamContext,
+    spec: StreamSpec,
+    storage: StorageType,
+    replicas: int,
+    limits: StreamLimits,
 ) -> ApplyResult:
     try:
         info = await js.stream_info(spec.name)
     except NotFoundError:
-        await js.add_stream(spec.config(storage, replicas))
+        await js.add_stream(spec.config(storage, replicas, limits))
         log.info("stream %s created", spec.name)
         return ApplyResult("stream", spec.name, "created")
-    existing = list(info.config.subjects or [])
-    missing = [s for s in spec.subjects if s not in existing]
-    if not missing:
-        return ApplyResult("stream", spec.name, "unchanged")
-    # Keep every setting the operator chose; only add the subjects the code needs.
     config = info.config
+    existing = list(config.subjects or [])
+    missing = [s for s in spec.subjects if s not in existing]
+    relimit = limits.differs_from(config)
+    if not missing and not relimit:
+        return ApplyResult("stream", spec.name, "unchanged")
+    # Keep every other setting the operator chose.
     config.subjects = existing + missing
+    if relimit:
+        limits.set_on(config)
     await js.update_stream(config)
-    log.warning("stream %s: added subjects %s, other settings kept", spec.name, missing)
+    if missing:
+        log.warning("stream %s: added subjects %s, other settings kept", spec.name, missing)
+    if relimit:
+        log.warning(
+            "stream %s: limits set to max_bytes=%d max_msgs_per_subject=%d",
+            spec.name,
+            limits.max_bytes,
+            limits.max_msgs_per_subject,
+        )
+        return ApplyResult("stream", spec.name, "limits_set")
     return ApplyResult("stream", spec.name, "subjects_added")
 
 

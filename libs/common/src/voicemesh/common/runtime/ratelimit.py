@@ -4,8 +4,11 @@ The counting is the ``limits`` library's moving window (``MovingWindowRateLimite
 async Redis storage, through the service's own redis-py pool): a tenant gets at most
 ``limit`` requests in any ``window_s`` seconds (a fixed window would let twice the limit
 through across a window boundary), refused requests are not counted, and one tenant's key
-never counts against another's. Over the limit a route answers ``429`` with ``Retry-After``
-= seconds until the oldest admitted request leaves the window; the sms sender waits that long.
+never counts against another's. Each tenant's counters are the Redis keys
+``voicemesh:ratelimit:<tenant>:*`` (``tenant_key_pattern``), so a Redis ACL user per tenant
+can be fenced to its own (``deploy/k8s/redis_acl.py``). Over the limit a route answers
+``429`` with ``Retry-After`` = seconds until the oldest admitted request leaves the window;
+the sms sender waits that long.
 """
 
 from __future__ import annotations
@@ -25,11 +28,16 @@ from redis.exceptions import RedisError
 
 from voicemesh.common.contracts.errors import UnavailableError
 
-__all__ = ["Decision", "SlidingWindowLimiter", "too_many_requests"]
+__all__ = ["PREFIX", "Decision", "SlidingWindowLimiter", "tenant_key_pattern", "too_many_requests"]
 
 log = logging.getLogger(__name__)
 
 PREFIX = "voicemesh:ratelimit"
+
+
+def tenant_key_pattern(tenant: str) -> str:
+    """The Redis key pattern of every rate-limit counter of ``tenant`` (``*``: every tenant)."""
+    return f"{PREFIX}:*" if tenant == "*" else f"{PREFIX}:{tenant}:*"
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,23 +78,36 @@ class SlidingWindowLimiter:
         self.limit = limit
         self.window_s = window_s
         self.fail_open = fail_open
-        self._item = RateLimitItemPerSecond(limit, math.ceil(window_s), namespace=PREFIX)
+        self._seconds = math.ceil(window_s)
+        self._items: dict[str, RateLimitItemPerSecond] = {}
         storage = RedisStorage(
             "async+redis://",
             implementation="redispy",
+            # Keys are <PREFIX>:<tenant>:<action>/<limit>/<seconds>/second (see _item).
+            key_prefix=PREFIX,
             wrap_exceptions=True,
             # The service's own pool: one set of Redis connections, one place to close them.
             connection_pool=redis.connection_pool,  # type: ignore[arg-type]  # typed too narrowly
         )
         self._strategy = MovingWindowRateLimiter(storage)
 
+    def _item(self, tenant: str) -> RateLimitItemPerSecond:
+        """The limit of ``tenant``: its namespace puts the tenant first in the key."""
+        item = self._items.get(tenant)
+        if item is None:
+            namespace = f"{tenant}:{self.action}"
+            item = RateLimitItemPerSecond(self.limit, self._seconds, namespace=namespace)
+            self._items[tenant] = item
+        return item
+
     async def hit(self, tenant: str) -> Decision:
         """Count one request of ``tenant`` if it is within the limit."""
+        item = self._item(tenant)
         try:
-            if await self._strategy.hit(self._item, self.action, tenant):
-                stats = await self._strategy.get_window_stats(self._item, self.action, tenant)
+            if await self._strategy.hit(item):
+                stats = await self._strategy.get_window_stats(item)
                 return Decision(True, max(0, stats.remaining))
-            stats = await self._strategy.get_window_stats(self._item, self.action, tenant)
+            stats = await self._strategy.get_window_stats(item)
         except (StorageError, RedisError, OSError) as exc:
             if not self.fail_open:
                 raise UnavailableError(

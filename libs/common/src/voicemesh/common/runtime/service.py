@@ -6,8 +6,14 @@ A service builds a ``MeshService`` in its ``create_app(settings)``, opens its da
 ``NotFound`` a route lets through answers 404, an ``UnavailableError`` 503), hands its live
 state to ``service.provide`` (reached typed with ``service.get(Kind)``), and its
 ``__main__`` calls ``serve``. The service is a
-FastStream app (the broker and its hooks) served next to a small HTTP app with ``/healthz``
-(200 only while the broker is connected) and ``/metrics``. ``/metrics`` and the API docs are
+FastStream app (the broker and its hooks) served next to a small HTTP app with the probes
+and ``/metrics``:
+
+- ``/livez``: 200 while the process's event loop answers at all. It checks no dependency,
+  so a NATS outage never makes Kubernetes restart a pod (the liveness probe).
+- ``/readyz``: 200 only while the broker is connected, else 503 (the readiness probe: a
+  pod without NATS gets no traffic). ``/healthz`` is the same check, for older probes.
+ ``/metrics`` and the API docs are
 public unless the settings close them (``public_docs``, ``public_metrics``,
 ``metrics_token``): open for ``make run``, closed in the production manifests.
 
@@ -124,12 +130,20 @@ class MeshService:
             registry=self.telemetry.registry,
         )
         self.http.add_api_route(
-            "/healthz",
-            self._healthz,
+            "/livez",
+            self._livez,
             methods=["GET"],
             tags=["ops"],
-            summary="200 while the broker is connected, else 503",
+            summary="200 while the process serves at all; checks no dependency",
         )
+        for path in ("/readyz", "/healthz"):
+            self.http.add_api_route(
+                path,
+                self._readyz,
+                methods=["GET"],
+                tags=["ops"],
+                summary="200 while the broker is connected, else 503",
+            )
         if settings.public_metrics or settings.metrics_token is not None:
             self.http.add_api_route(
                 "/metrics",
@@ -227,7 +241,10 @@ class MeshService:
     async def connected(self) -> bool:
         return self._running and await self.broker.ping(timeout=HEALTH_PING_TIMEOUT_S)
 
-    async def _healthz(self) -> Response:
+    async def _livez(self) -> Response:
+        return Response(f'{{"service":"{self.name}","alive":true}}', media_type="application/json")
+
+    async def _readyz(self) -> Response:
         ok = await self.connected()
         self._up.set(1 if ok else 0)
         body = f'{{"service":"{self.name}","broker":"{"connected" if ok else "disconnected"}"}}'

@@ -13,9 +13,10 @@ from typing import Annotated
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from voicemesh.common.contracts.streams import STREAMS, StreamLimits
 from voicemesh.common.contracts.tenancy import TenantRegistry, Vertical, validate_tenant_id
 
-__all__ = ["NatsSettings", "ServiceSettings"]
+__all__ = ["NatsSettings", "ServiceSettings", "StreamSettings"]
 
 
 class NatsSettings(BaseSettings):
@@ -125,3 +126,37 @@ class ServiceSettings(NatsSettings):
                 return TenantRegistry.parse(f"{self.tenant}:{self.vertical.value}")
             return TenantRegistry([own])
         return registry
+
+
+class StreamSettings(BaseSettings):
+    """The JetStream limits ``voicemesh streams apply`` sets, over the defaults of
+    ``contracts.streams`` (JSON objects keyed by stream name), e.g.
+    ``VOICEMESH_STREAM_MAX_BYTES='{"TRANSCRIPTS": 4294967296}'``."""
+
+    model_config = SettingsConfigDict(env_prefix="VOICEMESH_STREAM_", extra="ignore")
+
+    max_bytes: dict[str, int] = Field(default_factory=dict, description="bytes per stream")
+    max_msgs_per_subject: dict[str, int] = Field(
+        default_factory=dict,
+        description="messages per subject: per tenant on PUSH, SMS, DLQ (and EVENTS, per "
+        "event type), per call on CALLS and TRANSCRIPTS",
+    )
+
+    @field_validator("max_bytes", "max_msgs_per_subject")
+    @classmethod
+    def _known_streams(cls, value: dict[str, int]) -> dict[str, int]:
+        unknown = sorted(set(value) - set(STREAMS))
+        if unknown:
+            raise ValueError(f"no such streams: {unknown}; one of {sorted(STREAMS)}")
+        return value
+
+    def limits(self) -> dict[str, StreamLimits]:
+        """Every stream's limits: the defaults, with what is set here."""
+        return {
+            name: StreamLimits(
+                self.max_bytes.get(name, spec.limits.max_bytes),
+                self.max_msgs_per_subject.get(name, spec.limits.max_msgs_per_subject),
+                spec.limits.discard_new_per_subject,
+            )
+            for name, spec in STREAMS.items()
+        }
