@@ -10,9 +10,6 @@ microphone and the page hears the echo (issue 14, finding 1).
 
 from __future__ import annotations
 
-import asyncio
-import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,16 +17,15 @@ import pytest
 from aiortc.sdp import SessionDescription
 from nats.aio.client import Client as NatsClient
 
-from voicemesh.common.contracts import streams
-from voicemesh.testkit.embedded import free_port
 from voicemesh.testkit.fixtures import ProcessTracker, wait_until
-from voicemesh.testkit.whip import EchoAgent
+from voicemesh.testkit.gateway import echo_gateway, memory_growth_mb
 
 from ..conftest import chromium
 
 pytestmark = pytest.mark.slow
 
 TENANT = "demo-salon"
+CALL_TOKEN_SECRET = "browser-test-call-token-secret-0123456789"
 RSS_BUDGET_MB = 20.0
 WINDOW_S = 60.0
 
@@ -69,63 +65,36 @@ RTP_STATS = """async () => {
 }"""
 
 
-def rss_mb(pid: int) -> float:
-    """Resident memory of process ``pid`` (``VmRSS``), in MB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise LookupError(f"no VmRSS for process {pid}")
-
-
 @pytest.mark.timeout(180)
 async def test_a_browser_offering_its_camera_talks_audio_only_and_memory_stays_flat(
     nats: NatsClient, nats_url: str, redis_url: str, processes: ProcessTracker
 ) -> None:
-    await streams.apply(nats.jetstream())
-    agent = EchoAgent(nats, TENANT)
-    await agent.start()
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    gateway = processes.python_module(
-        "voicemesh.gateway",
-        {
-            "VOICEMESH_NATS_URL": nats_url,
-            "VOICEMESH_REDIS_URL": redis_url,
-            "VOICEMESH_CALL_TOKEN_SECRET": "browser-test-call-token-secret-0123456789",
-            "VOICEMESH_WORKER_URL": base,
-        },
-        http_port=port,
-    )
-    await gateway.wait_healthy()
-    try:
-        async with chromium("--use-fake-device-for-media-stream") as browser:
-            context = await browser.new_context(permissions=["microphone", "camera"])
-            page = await context.new_page()
-            await page.goto(f"{base}/demo")  # the gateway's origin, for fetch and WHIP
-            call: dict[str, Any] = await page.evaluate(CALL_WITH_CAMERA, TENANT)
-            assert call["status"] == 201, call["answer"]
-            offered = [m.kind for m in SessionDescription.parse(call["offer"]).media]
-            assert offered == ["audio", "video"]  # the browser did offer its camera
-            await page.wait_for_function(
-                "window.vmTest.pc.connectionState === 'connected'", timeout=20_000
-            )
-            call_id = call["callId"]
+    async with (
+        echo_gateway(
+            nats, nats_url, redis_url, processes, TENANT, call_token_secret=CALL_TOKEN_SECRET
+        ) as stack,
+        chromium("--use-fake-device-for-media-stream") as browser,
+    ):
+        context = await browser.new_context(permissions=["microphone", "camera"])
+        page = await context.new_page()
+        await page.goto(f"{stack.url}/demo")  # the gateway's origin, for fetch and WHIP
+        call: dict[str, Any] = await page.evaluate(CALL_WITH_CAMERA, TENANT)
+        assert call["status"] == 201, call["answer"]
+        offered = [m.kind for m in SessionDescription.parse(call["offer"]).media]
+        assert offered == ["audio", "video"]  # the browser did offer its camera
+        await page.wait_for_function(
+            "window.vmTest.pc.connectionState === 'connected'", timeout=20_000
+        )
+        call_id = call["callId"]
 
-            def loud_frames() -> int:
-                frames = agent.frames.get(call_id, [])
-                return sum(np.abs(np.frombuffer(f.pcm, "<i2")).max() > 1000 for f in frames)
+        def loud_frames() -> int:
+            frames = stack.agent.frames.get(call_id, [])
+            return sum(np.abs(np.frombuffer(f.pcm, "<i2")).max() > 1000 for f in frames)
 
-            await wait_until(lambda: loud_frames() >= 10, 15, what="the microphone on audio.in")
-            start, peak = rss_mb(gateway.pid), 0.0
-            until = time.monotonic() + WINDOW_S
-            while time.monotonic() < until:
-                peak = max(peak, rss_mb(gateway.pid) - start)
-                assert peak < RSS_BUDGET_MB, f"the gateway grew {peak:.0f} MB"
-                await asyncio.sleep(1.0)
-            stats = await page.evaluate(RTP_STATS)
-            assert await page.evaluate("window.vmTest.pc.connectionState") == "connected"
-    finally:
-        await agent.stop()
+        await wait_until(lambda: loud_frames() >= 10, 15, what="the microphone on audio.in")
+        peak = await memory_growth_mb(stack.process, WINDOW_S, RSS_BUDGET_MB)
+        stats = await page.evaluate(RTP_STATS)
+        assert await page.evaluate("window.vmTest.pc.connectionState") == "connected"
     # Audio both ways for the whole minute; the camera was declined and never sent a packet.
     answered = SessionDescription.parse(call["answer"]).media
     assert [(m.kind, m.direction) for m in answered] == [
@@ -134,5 +103,5 @@ async def test_a_browser_offering_its_camera_talks_audio_only_and_memory_stays_f
     ]
     assert stats["videoSent"] == 0, stats
     assert stats["audioSent"] > 40 * WINDOW_S and stats["audioReceived"] > 40 * WINDOW_S, stats
-    assert len(agent.frames[call_id]) > 45 * WINDOW_S
+    assert len(stack.agent.frames[call_id]) > 45 * WINDOW_S
     print(f"\ncamera offered: the gateway grew at most {peak:.1f} MB in {WINDOW_S:.0f} s")

@@ -8,10 +8,8 @@ below and ``tests/browser/test_offer_video.py``).
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Callable
-from pathlib import Path
+import contextlib
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
@@ -20,12 +18,11 @@ from aiortc.mediastreams import VideoStreamTrack
 from aiortc.sdp import SessionDescription
 from nats.aio.client import Client as NatsClient
 
-from voicemesh.common.contracts import streams
 from voicemesh.gateway.sdp import MAX_MEDIA_SECTIONS
-from voicemesh.testkit.embedded import free_port
 from voicemesh.testkit.fixtures import ProcessTracker, wait_until
+from voicemesh.testkit.gateway import echo_gateway, memory_growth_mb
 from voicemesh.testkit.tracks import ToneTrack, dominant_frequency
-from voicemesh.testkit.whip import EchoAgent, WhipCaller
+from voicemesh.testkit.whip import WhipCaller
 
 from .conftest import API_KEY, SECRET, TENANT, GatewayHarness
 
@@ -53,21 +50,26 @@ def _directions(sdp: str) -> list[tuple[str, str]]:
     return [(m.kind, m.direction or "") for m in SessionDescription.parse(sdp).media]
 
 
-async def _dial(h: GatewayHarness, caller: WhipCaller) -> tuple[str, str]:
-    created = await caller.create(TENANT, API_KEY)
-    response = await caller.connect(created["whip_url"], created["token"])
-    assert response.status_code == 201, response.text
-    await wait_until(caller.connected, 15, what="ICE connected")
-    return created["call_id"], response.text
+@contextlib.asynccontextmanager
+async def _call(h: GatewayHarness, extra: Any) -> AsyncIterator[tuple[WhipCaller, str, str]]:
+    """A connected call whose offer carries ``extra``: (caller, call id, the SDP answer)."""
+    caller = ExtraMediaCaller(h.http, extra=extra)
+    try:
+        created = await caller.create(TENANT, API_KEY)
+        response = await caller.connect(created["whip_url"], created["token"])
+        assert response.status_code == 201, response.text
+        await wait_until(caller.connected, 15, what="ICE connected")
+        yield caller, created["call_id"], response.text
+    finally:
+        await caller.hangup()
+        await caller.close()
 
 
 async def test_a_camera_is_answered_inactive_and_the_call_is_audio_only(
     start_gateway: Callable[..., Any],
 ) -> None:
     h: GatewayHarness = await start_gateway()
-    caller = ExtraMediaCaller(h.http, extra=VideoStreamTrack())
-    try:
-        call_id, answer = await _dial(h, caller)
+    async with _call(h, VideoStreamTrack()) as (caller, call_id, answer):
         assert _directions(answer) == [("audio", "sendrecv"), ("video", "inactive")]
         pc = h.gw.calls.calls[call_id].pc
         assert pc is not None
@@ -76,18 +78,13 @@ async def test_a_camera_is_answered_inactive_and_the_call_is_audio_only(
         await wait_until(lambda: len(h.agent.frames.get(call_id, [])) >= 50, 10, what="audio.in")
         assert abs(dominant_frequency(h.agent.pcm(call_id, 50), 16000) - 440) < 10
         await wait_until(lambda: len(caller.heard.loud_at) >= 10, 10, what="the echo")
-    finally:
-        await caller.hangup()
-        await caller.close()
 
 
 async def test_a_second_audio_section_is_never_received(
     start_gateway: Callable[..., Any],
 ) -> None:
     h: GatewayHarness = await start_gateway()
-    caller = ExtraMediaCaller(h.http, extra=ToneTrack(880.0))
-    try:
-        call_id, answer = await _dial(h, caller)
+    async with _call(h, ToneTrack(880.0)) as (_, call_id, answer):
         assert _directions(answer) == [("audio", "sendrecv"), ("audio", "inactive")]
         await wait_until(lambda: len(h.agent.frames.get(call_id, [])) >= 100, 10, what="audio.in")
         frames = h.agent.frames[call_id]
@@ -96,9 +93,6 @@ async def test_a_second_audio_section_is_never_received(
         assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
         pitches = [dominant_frequency(f.pcm, 16000) for f in frames[5:]]  # 50 Hz bins
         assert all(abs(p - 440) < 60 for p in pitches), sorted(set(pitches))
-    finally:
-        await caller.hangup()
-        await caller.close()
 
 
 async def test_an_offer_with_too_many_sections_is_refused_with_the_reason(
@@ -124,57 +118,32 @@ async def test_an_offer_with_too_many_sections_is_refused_with_the_reason(
     assert r.status_code == 400 and "media sections" in r.json()["detail"], r.text
 
 
-def rss_mb(pid: int) -> float:
-    """Resident memory of process ``pid`` (``VmRSS``), in MB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise LookupError(f"no VmRSS for process {pid}")
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 async def test_a_two_mic_peer_for_a_minute_leaves_the_gateway_memory_flat(
     nats: NatsClient, nats_url: str, redis_url: str, processes: ProcessTracker
 ) -> None:
-    await streams.apply(nats.jetstream())
-    agent = EchoAgent(nats, TENANT)
-    await agent.start()
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    gateway = processes.python_module(
-        "voicemesh.gateway",
-        {
-            "VOICEMESH_NATS_URL": nats_url,
-            "VOICEMESH_REDIS_URL": redis_url,
-            "VOICEMESH_CALL_TOKEN_SECRET": SECRET,
-            "VOICEMESH_API_KEYS": f"{TENANT}:{API_KEY}",
-            "VOICEMESH_WORKER_URL": base,
-        },
-        http_port=port,
-    )
-    await gateway.wait_healthy()
-    async with httpx.AsyncClient(base_url=base, timeout=10) as http:
+    keys = f"{TENANT}:{API_KEY}"
+    async with (
+        echo_gateway(
+            nats, nats_url, redis_url, processes, TENANT, call_token_secret=SECRET, api_keys=keys
+        ) as stack,
+        httpx.AsyncClient(base_url=stack.url, timeout=10) as http,
+    ):
         caller = ExtraMediaCaller(http, extra=ToneTrack(880.0))
         try:
             created = await caller.create(TENANT, API_KEY)
             await caller.dial(created["whip_url"], created["token"])
             call_id = created["call_id"]
             await wait_until(lambda: len(caller.heard.loud_at) >= 25, 15, what="the echo")
-            start, peak = rss_mb(gateway.pid), 0.0
-            until = time.monotonic() + WINDOW_S
-            while time.monotonic() < until:
-                peak = max(peak, rss_mb(gateway.pid) - start)
-                assert peak < RSS_BUDGET_MB, f"the gateway grew {peak:.0f} MB"
-                await asyncio.sleep(1.0)
+            peak = await memory_growth_mb(stack.process, WINDOW_S, RSS_BUDGET_MB)
             assert await caller.connected()
             heard = len(caller.heard.loud_at)
-            frames = agent.frames[call_id]
+            frames = stack.agent.frames[call_id]
             seqs = [f.seq for f in frames]
             assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))  # one caller-audio task
             assert len(frames) > 45 * WINDOW_S  # and the call was audio all along
         finally:
             await caller.close()
-            await agent.stop()
     assert heard > 40 * WINDOW_S
     print(f"\ntwo-mic peer: the gateway grew at most {peak:.1f} MB in {WINDOW_S:.0f} s")

@@ -4,30 +4,23 @@ from __future__ import annotations
 
 import re
 
+from voicemesh.common.contracts.events import Speaker
+from voicemesh.testkit.events import transcript_segment
 from voicemesh.transcript.export import as_text, as_webvtt
 from voicemesh.transcript.models import SegmentRow
 
 CUE_TIMING = re.compile(r"^(\d{2}):(\d{2}):(\d{2})\.(\d{3}) --> (\d{2}):(\d{2}):(\d{2})\.(\d{3})$")
 
 
-def row(speaker: str, text: str, start: float, end: float) -> SegmentRow:
-    return SegmentRow(
-        tenant="acme",
-        call_id="c1",
-        segment_id=f"c1:{speaker}:{start}",
-        speaker=speaker,
-        text=text,
-        start_s=start,
-        end_s=end,
-        final=True,
-        occurred_at="2030-01-01T00:00:00.000000Z",
-    )
+def row(speaker: Speaker, n: int, text: str, start: float, end: float) -> SegmentRow:
+    segment = transcript_segment("acme", "c1", speaker, n, text, start_s=start, end_s=end)
+    return SegmentRow(**SegmentRow.values_of(segment))
 
 
 ROWS = [
-    row("agent", "Hello, this is Ada --> how can I help?", 0.0, 2.25),
-    row("caller", "Book <me> for 3 & 4pm\nplease", 3661.5, 3663.0),
-    row("caller", "ok", 3670.0, 3670.0),
+    row(Speaker.AGENT, 0, "Hello, this is Ada --> how can I help?", 0.0, 2.25),
+    row(Speaker.CALLER, 0, "Book <me> for 3 & 4pm\nplease", 3661.5, 3663.0),
+    row(Speaker.CALLER, 1, "ok", 3670.0, 3670.0),
 ]
 
 

@@ -34,28 +34,22 @@ def _build_provider(settings: AgentSettings) -> Provider:
     if settings.agent_provider == "offline" or settings.openai_api_key is None:
         return OfflineProvider(sample_rate=settings.agent_sample_rate)
     # Imported here: the offline default never loads the openai package.
-    from voicemesh.agent.providers.openai_chat import OpenAIProvider
+    from voicemesh.agent.providers.openai_chat import OpenAIOptions, OpenAIProvider
     from voicemesh.agent.providers.openai_realtime import OpenAIRealtimeProvider
 
-    key = settings.openai_api_key.get_secret_value()
-    if settings.agent_provider == "openai-realtime":
-        return OpenAIRealtimeProvider(
-            api_key=key,
-            base_url=settings.openai_base_url,
-            model=settings.openai_realtime_model,
-            transcribe_model=settings.openai_transcribe_model,
-            voice=settings.openai_voice,
-            timeout_s=settings.agent_provider_timeout_s,
-        )
-    return OpenAIProvider(
-        api_key=key,
+    options = OpenAIOptions(
+        api_key=settings.openai_api_key.get_secret_value(),
         base_url=settings.openai_base_url,
         chat_model=settings.openai_chat_model,
+        realtime_model=settings.openai_realtime_model,
         transcribe_model=settings.openai_transcribe_model,
         speech_model=settings.openai_speech_model,
         voice=settings.openai_voice,
         timeout_s=settings.agent_provider_timeout_s,
     )
+    if settings.agent_provider == "openai-realtime":
+        return OpenAIRealtimeProvider(options)
+    return OpenAIProvider(options)
 
 
 class AgentRuntime:

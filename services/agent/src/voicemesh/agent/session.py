@@ -34,7 +34,7 @@ from voicemesh.agent.providers.base import (
     TurnJudge,
 )
 from voicemesh.agent.speaking import ReplyPlayer, Transcript, TurnTiming
-from voicemesh.agent.speech import resample
+from voicemesh.agent.speech import IN_RATE, resample
 from voicemesh.agent.turns import (
     CallerTurn,
     Greeting,
@@ -56,7 +56,6 @@ __all__ = ["CallSession", "TurnTiming"]
 
 log = logging.getLogger(__name__)
 
-IN_RATE = 16000
 #: How often the silence watchdog looks at the call.
 WATCH_EVERY_S = 0.2
 

@@ -39,16 +39,18 @@ class TurnTiming:
     speech_ended_at: float = 0.0
 
 
+@dataclass(eq=False)
 class Transcript:
     """The call's transcript segments: ids per speaker, times from the call's start."""
 
-    def __init__(self, io: CallIO, tenant: str, call_id: str, source: str) -> None:
-        self._io = io
-        self._tenant = tenant
-        self._call_id = call_id
-        self._source = source
-        self._started_at = time.monotonic()
-        self._counts = {Speaker.CALLER: 0, Speaker.AGENT: 0}
+    io: CallIO
+    tenant: str
+    call_id: str
+    source: str
+    _started_at: float = field(default_factory=time.monotonic, init=False)
+    _counts: dict[Speaker, int] = field(
+        default_factory=lambda: {Speaker.CALLER: 0, Speaker.AGENT: 0}, init=False
+    )
 
     def now(self) -> float:
         """Seconds since the call started."""
@@ -57,7 +59,7 @@ class Transcript:
     def next_id(self, speaker: Speaker) -> str:
         n = self._counts[speaker]
         self._counts[speaker] = n + 1
-        return f"{self._call_id}:{speaker.value}:{n}"
+        return f"{self.call_id}:{speaker.value}:{n}"
 
     async def write(
         self,
@@ -70,9 +72,9 @@ class Transcript:
     ) -> None:
         """One segment, from ``start_s`` to now; a failure to send it is logged, not raised."""
         segment = TranscriptSegment(
-            tenant=self._tenant,
-            call_id=self._call_id,
-            source=self._source,
+            tenant=self.tenant,
+            call_id=self.call_id,
+            source=self.source,
             segment_id=segment_id or self.next_id(speaker),
             speaker=speaker,
             text=text,
@@ -81,7 +83,7 @@ class Transcript:
             final=final,
         )
         try:
-            await self._io.emit(segment)
+            await self.io.emit(segment)
         except Exception as exc:
             log.warning("could not publish a transcript segment: %s", type(exc).__name__)
 
@@ -110,49 +112,42 @@ class _Progress:
         return " ".join(self.lines) if reply.sentences is not None else reply.text
 
 
+@dataclass(eq=False)
 class ReplyPlayer:
     """Voices replies through the call's IO, one at a time."""
 
-    def __init__(
-        self,
-        io: CallIO,
-        transcript: Transcript,
-        synthesizer: Synthesizer,
-        fallback: Synthesizer,
-        timeout_s: float,
-    ) -> None:
-        self._io = io
-        self._transcript = transcript
-        self._synth = synthesizer
-        self._fallback = fallback
-        self._timeout = timeout_s
-        #: True while a reply's voice is playing (the caller may barge in)
-        self.speaking = False
+    io: CallIO
+    transcript: Transcript
+    synthesizer: Synthesizer
+    fallback: Synthesizer
+    timeout_s: float
+    #: True while a reply's voice is playing (the caller may barge in)
+    speaking: bool = field(default=False, init=False)
 
     async def play(self, reply: Reply, timing: TurnTiming) -> Spoken:
         started = time.monotonic()
         progress = _Progress()
         streamed = reply.speech is not None or reply.sentences is not None
         voice: AsyncIterator[bytes]
-        said_at = self._transcript.now()
+        said_at = self.transcript.now()
         if reply.speech is not None:
             # Played as the provider speaks; its line is known once it has.
             voice, rate = reply.speech, reply.speech_rate
         elif reply.sentences is not None:
-            voice, rate = self._voices(reply.sentences, progress), self._synth.sample_rate
+            voice, rate = self._voices(reply.sentences, progress), self.synthesizer.sample_rate
         else:
             pcm, rate = await self.synthesize(reply.text)
             timing.tts_ms = (time.monotonic() - started) * 1000
-            await self._transcript.write(Speaker.AGENT, reply.text, self._transcript.now())
+            await self.transcript.write(Speaker.AGENT, reply.text, self.transcript.now())
             voice = _whole(pcm)
-        line = self._transcript.next_id(Speaker.AGENT) if streamed else ""
+        line = self.transcript.next_id(Speaker.AGENT) if streamed else ""
         captions = (
             asyncio.create_task(self._caption(reply, progress, line, said_at)) if line else None
         )
         spoken = Spoken()
         self.speaking = True
         try:
-            finished = await self._io.play(_counted(voice, progress), rate)
+            finished = await self.io.play(_counted(voice, progress), rate)
         except Exception as exc:
             spoken.failure = exc
         else:
@@ -174,17 +169,17 @@ class ReplyPlayer:
             if progress.first_chunk_at:
                 timing.tts_ms = (progress.first_chunk_at - started) * 1000
             if reply.text:
-                await self._transcript.write(Speaker.AGENT, reply.text, said_at, segment_id=line)
+                await self.transcript.write(Speaker.AGENT, reply.text, said_at, segment_id=line)
         return spoken
 
     async def synthesize(self, text: str) -> tuple[bytes, int]:
         try:
-            pcm = await asyncio.wait_for(self._synth.synthesize(text), timeout=self._timeout)
-            return pcm, self._synth.sample_rate
+            pcm = await asyncio.wait_for(self.synthesizer.synthesize(text), timeout=self.timeout_s)
+            return pcm, self.synthesizer.sample_rate
         except Exception as exc:
             # The provider's voice failed: say it with the embedded voice, never silence.
             log.warning("speech synthesis failed (%s); using the offline voice", type(exc).__name__)
-            return await self._fallback.synthesize(text), self._fallback.sample_rate
+            return await self.fallback.synthesize(text), self.fallback.sample_rate
 
     async def _caption(self, reply: Reply, progress: _Progress, line: str, said_at: float) -> None:
         """Live captions for a streamed line: while it plays, a partial segment whenever its
@@ -195,7 +190,7 @@ class ReplyPlayer:
             text = progress.voiced(reply)
             if text and text != shown:
                 shown = text
-                await self._transcript.write(
+                await self.transcript.write(
                     Speaker.AGENT, text, said_at, segment_id=line, final=False
                 )
 
@@ -204,7 +199,7 @@ class ReplyPlayer:
     ) -> AsyncGenerator[bytes, None]:
         """Each sentence's voice as the provider writes it: the next sentence is synthesized
         while this one plays, so there is no pause between them."""
-        rate = self._synth.sample_rate
+        rate = self.synthesizer.sample_rate
         voiced: asyncio.Queue[tuple[str, bytes] | None] = asyncio.Queue()
 
         async def synthesize_all() -> None:

@@ -40,19 +40,8 @@ class AuditRecordOut(BaseModel):
 
     @classmethod
     def of(cls, row: AuditRecord) -> "AuditRecordOut":
-        return cls(
-            seq=row.seq,
-            event_id=row.event_id,
-            type=row.event_type,
-            call_id=row.call_id,
-            source=row.source,
-            subject=row.subject,
-            occurred_at=row.occurred_at,
-            recorded_at=row.recorded_at,
-            event=json.loads(row.payload),
-            prev_hash=row.prev_hash,
-            hash=row.hash,
-        )
+        shared = row.model_dump(include=set(cls.model_fields))
+        return cls(**shared, type=row.event_type, event=json.loads(row.payload))
 
 
 class AuditPage(BaseModel):

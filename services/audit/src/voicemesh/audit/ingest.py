@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cache
 from typing import Annotated, Any
@@ -109,6 +110,7 @@ async def _raw_bodies(msg: StreamMessage[Any]) -> list[bytes]:
     return [m.data for m in msg.raw_message]
 
 
+@dataclass(eq=False)
 class AuditIngest:
     """The audit consumers of one process: batch in, one transaction, ack each message.
 
@@ -116,35 +118,23 @@ class AuditIngest:
     (``delivery``): NAKed with backoff, or dead-lettered and terminated.
     """
 
-    def __init__(
-        self,
-        broker: NatsBroker,
-        writer: ChainWriter,
-        tenants: TenantRegistry,
-        delivery: Delivery,
-        *,
-        batch_size: int = 250,
-        batch_timeout_s: float = 0.2,
-    ) -> None:
-        self._broker = broker
-        self._writer = writer
-        self._tenants = tenants
-        self._delivery = delivery
-        self._batch_size = batch_size
-        self._batch_timeout_s = batch_timeout_s
-        self.recorded = 0
-        self.duplicates = 0
+    broker: NatsBroker
+    writer: ChainWriter
+    tenants: TenantRegistry
+    delivery: Delivery
+    batch_size: int = 250
+    batch_timeout_s: float = 0.2
+    recorded: int = field(default=0, init=False)
+    duplicates: int = field(default=0, init=False)
 
     def subscribe(self, spec: ConsumerSpec, tenant: str) -> None:
         """Consume the provisioned durable ``spec`` for ``tenant`` (``*`` for all)."""
         durable = spec.durable(tenant)
-        subscriber = self._broker.subscriber(
+        subscriber = self.broker.subscriber(
             spec.filter_subject(tenant),
             stream=STREAMS[spec.stream].jstream(),
             durable=durable,
-            pull_sub=PullSub(
-                batch_size=self._batch_size, timeout=self._batch_timeout_s, batch=True
-            ),
+            pull_sub=PullSub(batch_size=self.batch_size, timeout=self.batch_timeout_s, batch=True),
             config=spec.config(tenant),
             ack_policy=HandlerAckPolicy.MANUAL,
             decoder=_raw_bodies,
@@ -167,9 +157,9 @@ class AuditIngest:
         accepted: list[tuple[Msg, ChainEntry]] = []
         for msg in messages:
             try:
-                entry = parse_message(msg.subject, msg.data, self._tenants)
+                entry = parse_message(msg.subject, msg.data, self.tenants)
             except PermanentError as exc:
-                await self._delivery.settle(msg, exc, consumer=consumer, max_deliver=max_deliver)
+                await self.delivery.settle(msg, exc, consumer=consumer, max_deliver=max_deliver)
                 continue
             if entry.event_type == HEAD_EVENT_TYPE:
                 # The chain's own signed heads: kept by the stream, outside the chain (each
@@ -180,11 +170,11 @@ class AuditIngest:
         if not accepted:
             return
         try:
-            new = await self._writer.submit([entry for _, entry in accepted])
+            new = await self.writer.submit([entry for _, entry in accepted])
         except Exception as exc:
             log.warning("could not record %d audit events (%s)", len(accepted), type(exc).__name__)
             for msg, _ in accepted:
-                await self._delivery.settle(msg, exc, consumer=consumer, max_deliver=max_deliver)
+                await self.delivery.settle(msg, exc, consumer=consumer, max_deliver=max_deliver)
             return
         for msg, entry in accepted:
             if (entry.tenant, entry.event_id) in new:

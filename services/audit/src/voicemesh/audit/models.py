@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from typing import cast
 
 from sqlalchemy import BigInteger, Column, Index, Table, Text, UniqueConstraint
@@ -37,16 +38,7 @@ class AuditRecord(SQLModel, table=True):
     hash: str
 
     def entry(self) -> ChainEntry:
-        return ChainEntry(
-            tenant=self.tenant,
-            event_id=self.event_id,
-            event_type=self.event_type,
-            call_id=self.call_id,
-            source=self.source,
-            subject=self.subject,
-            occurred_at=self.occurred_at,
-            payload=self.payload,
-        )
+        return ChainEntry(**self.model_dump(include={f.name for f in fields(ChainEntry)}))
 
 
 class AuditHead(SQLModel, table=True):

@@ -21,17 +21,8 @@ from voicemesh.common import MeshService
 from voicemesh.common.contracts import subjects
 from voicemesh.common.contracts.events import AppointmentChanged, new_event_id
 from voicemesh.common.contracts.ids import derived_id
-from voicemesh.common.contracts.tools import (
-    TOOLS,
-    AppointmentResult,
-    AppointmentsResult,
-    AvailabilityArgs,
-    AvailabilityResult,
-    BookArgs,
-    CancelArgs,
-    ListAppointmentsArgs,
-    RescheduleArgs,
-)
+from voicemesh.common.contracts.tools import TOOLS
+from voicemesh.common.contracts.tools import calendar as contract
 from voicemesh.common.runtime.auth import ApiKeys, tenant_guard
 from voicemesh.common.runtime.tools import ToolCall, ToolServer
 
@@ -65,7 +56,7 @@ def create_app(settings: CalendarSettings) -> MeshService:
 
     async def announce(
         call: ToolCall,
-        result: AppointmentResult,
+        result: contract.AppointmentResult,
         change: Literal["booked", "rescheduled", "cancelled"],
         *,
         event_id: str | None = None,
@@ -91,11 +82,13 @@ def create_app(settings: CalendarSettings) -> MeshService:
             log.warning("could not publish appointment event: %s", type(exc).__name__)
 
     @tools.tool(TOOLS[("calendar", "availability")])
-    async def availability(call: ToolCall, args: AvailabilityArgs) -> AvailabilityResult:
+    async def availability(
+        call: ToolCall, args: contract.AvailabilityArgs
+    ) -> contract.AvailabilityResult:
         return await calendar.availability(call.tenant.id, args.day, args.days)
 
     @tools.tool(TOOLS[("calendar", "book")])
-    async def book(call: ToolCall, args: BookArgs) -> AppointmentResult:
+    async def book(call: ToolCall, args: contract.BookArgs) -> contract.AppointmentResult:
         result = await calendar.book(call.tenant.id, args, call_id=call.call_id)
         # Announced on an idempotent retry too: a crash may have come between the commit and
         # the event (found by tests/chaos). The id is the booking's own, so JetStream, audit
@@ -105,19 +98,23 @@ def create_app(settings: CalendarSettings) -> MeshService:
         return result
 
     @tools.tool(TOOLS[("calendar", "reschedule")])
-    async def reschedule(call: ToolCall, args: RescheduleArgs) -> AppointmentResult:
+    async def reschedule(
+        call: ToolCall, args: contract.RescheduleArgs
+    ) -> contract.AppointmentResult:
         result = await calendar.reschedule(call.tenant.id, args)
         await announce(call, result, "rescheduled")
         return result
 
     @tools.tool(TOOLS[("calendar", "cancel")])
-    async def cancel(call: ToolCall, args: CancelArgs) -> AppointmentResult:
+    async def cancel(call: ToolCall, args: contract.CancelArgs) -> contract.AppointmentResult:
         result = await calendar.cancel(call.tenant.id, args.appointment_id)
         await announce(call, result, "cancelled")
         return result
 
     @tools.tool(TOOLS[("calendar", "list_appointments")])
-    async def list_appointments(call: ToolCall, args: ListAppointmentsArgs) -> AppointmentsResult:
+    async def list_appointments(
+        call: ToolCall, args: contract.ListAppointmentsArgs
+    ) -> contract.AppointmentsResult:
         return await calendar.list_appointments(call.tenant.id, args)
 
     _http_routes(service, settings, calendar)
@@ -135,8 +132,10 @@ def _http_routes(service: MeshService, settings: CalendarSettings, calendar: Cal
         day: date | None = None,
         days: Annotated[int, Query(ge=1, le=62)] = 7,
         include_cancelled: bool = False,
-    ) -> AppointmentsResult:
-        args = ListAppointmentsArgs(day=day, days=days, include_cancelled=include_cancelled)
+    ) -> contract.AppointmentsResult:
+        args = contract.ListAppointmentsArgs(
+            day=day, days=days, include_cancelled=include_cancelled
+        )
         return await calendar.list_appointments(tenant, args)
 
     @service.http.get("/v1/{tenant}/availability", tags=["calendar"])
@@ -144,7 +143,7 @@ def _http_routes(service: MeshService, settings: CalendarSettings, calendar: Cal
         day: date,
         tenant: str = Depends(guard),
         days: Annotated[int, Query(ge=1, le=14)] = 1,
-    ) -> AvailabilityResult:
+    ) -> contract.AvailabilityResult:
         return await calendar.availability(tenant, day, days)
 
     @service.http.get("/v1/{tenant}/hours", tags=["calendar"])

@@ -15,6 +15,7 @@ __all__ = [
     "CallLink",
     "Claim",
     "Contact",
+    "ContactEntry",
     "Interaction",
     "Listing",
     "Matter",
@@ -41,26 +42,28 @@ class Contact(SQLModel, table=True):
     updated_at: datetime
 
 
-class Note(SQLModel, table=True):
-    __tablename__ = "crm_notes"
+class ContactEntry(SQLModel):
+    """What a note and an interaction share: each is an entry in one contact's history."""
 
     id: str = Field(default_factory=new_id, primary_key=True, max_length=32)
     tenant: str = Field(max_length=63)
     contact_id: str = Field(index=True, max_length=32)
+
+
+class Note(ContactEntry, table=True):
+    __tablename__ = "crm_notes"
+
     text: str = Field(max_length=4000)
     call_id: str | None = Field(default=None, max_length=64)
     created_at: datetime
 
 
-class Interaction(SQLModel, table=True):
+class Interaction(ContactEntry, table=True):
     """Something that happened with a contact, recorded once per source event."""
 
     __tablename__ = "crm_interactions"
     __table_args__ = (UniqueConstraint("tenant", "source_event_id", name="uq_crm_interaction"),)
 
-    id: str = Field(default_factory=new_id, primary_key=True, max_length=32)
-    tenant: str = Field(max_length=63)
-    contact_id: str = Field(index=True, max_length=32)
     kind: str = Field(max_length=16)
     summary: str = Field(max_length=256)
     call_id: str | None = Field(default=None, max_length=64)

@@ -3,8 +3,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
+from typing import Any, TypeVar
 
 from sqlalchemy import func
 from sqlalchemy.exc import IntegrityError
@@ -27,9 +28,11 @@ from voicemesh.common.contracts.tools import Listing as ListingOut
 from voicemesh.common.contracts.tools import Policy as PolicyOut
 from voicemesh.common.runtime.db import Database
 from voicemesh.crm.models import Claim, Listing, Matter, Policy, new_id
-from voicemesh.crm.store import crm_session, name_key
+from voicemesh.crm.store import crm_session, name_key, output_of
 
 __all__ = ["VerticalRecords"]
+
+R = TypeVar("R", bound=SQLModel)
 
 
 class VerticalRecords:
@@ -56,20 +59,7 @@ class VerticalRecords:
             query = query.where(Listing.status == args.status)
         async with crm_session(self._db) as session:
             rows = (await session.exec(query.order_by(col(Listing.price)).limit(args.limit))).all()
-        return ListingsResult(
-            listings=[
-                ListingOut(
-                    listing_id=r.id,
-                    address=r.address,
-                    city=r.city,
-                    price=r.price,
-                    beds=r.beds,
-                    baths=r.baths,
-                    status=r.status,
-                )
-                for r in rows
-            ]
-        )
+        return ListingsResult(listings=[output_of(ListingOut, r, listing_id=r.id) for r in rows])
 
     # -- legal ------------------------------------------------------------------------------
 
@@ -143,13 +133,7 @@ class VerticalRecords:
                         )
                     )
                 ).one()
-        return ClaimOut(
-            claim_id=claim.id,
-            policy_number=claim.policy_number,
-            incident_date=claim.incident_date,
-            status=claim.status,
-            filed_at=claim.filed_at,
-        )
+        return output_of(ClaimOut, claim, claim_id=claim.id)
 
     # -- demo data --------------------------------------------------------------------------
 
@@ -168,62 +152,58 @@ class VerticalRecords:
                 await session.commit()
 
 
-def _listings(tenant: str) -> list[Listing]:
+def _records(model: type[R], tenant: str, columns: str, rows: Iterable[Sequence[Any]]) -> list[R]:
+    """``tenant``'s ``model`` rows: each of ``rows`` gives the ``columns`` (names, space
+    separated) in that order."""
+    names = columns.split()
     return [
-        Listing(
-            tenant=tenant,
-            address=address,
-            city=city,
-            city_key=name_key(city),
-            price=price,
-            beds=beds,
-            baths=baths,
-            status=status,
-        )
-        for address, city, price, beds, baths, status in (
-            ("17 Willow Bend", "Riverside", 465_000, 3, 2.0, "active"),
-            ("302 Cedar St", "Riverside", 529_000, 3, 2.5, "active"),
-            ("64 Birch Hollow", "Riverside", 612_000, 4, 3.0, "active"),
-            ("8 Quarry Rd", "Riverside", 289_000, 2, 1.0, "active"),
-            ("12 Harbor View Rd", "Springfield", 425_000, 3, 2.0, "active"),
-            ("88 Maple Ave", "Springfield", 310_000, 2, 1.0, "active"),
-            ("5 Orchard Ln", "Springfield", 689_000, 4, 3.5, "active"),
-            ("230 River St, Apt 4", "Shelbyville", 255_000, 1, 1.0, "active"),
-            ("41 Elm Ct", "Shelbyville", 515_000, 4, 2.5, "pending"),
-            ("9 Lakeside Dr", "Springfield", 950_000, 5, 4.0, "sold"),
-        )
+        model.model_validate({"tenant": tenant, **dict(zip(names, row, strict=True))})
+        for row in rows
     ]
+
+
+def _listings(tenant: str) -> list[Listing]:
+    rows = (
+        ("17 Willow Bend", "Riverside", 465_000, 3, 2.0, "active"),
+        ("302 Cedar St", "Riverside", 529_000, 3, 2.5, "active"),
+        ("64 Birch Hollow", "Riverside", 612_000, 4, 3.0, "active"),
+        ("8 Quarry Rd", "Riverside", 289_000, 2, 1.0, "active"),
+        ("12 Harbor View Rd", "Springfield", 425_000, 3, 2.0, "active"),
+        ("88 Maple Ave", "Springfield", 310_000, 2, 1.0, "active"),
+        ("5 Orchard Ln", "Springfield", 689_000, 4, 3.5, "active"),
+        ("230 River St, Apt 4", "Shelbyville", 255_000, 1, 1.0, "active"),
+        ("41 Elm Ct", "Shelbyville", 515_000, 4, 2.5, "pending"),
+        ("9 Lakeside Dr", "Springfield", 950_000, 5, 4.0, "sold"),
+    )
+    columns = "address city price beds baths status city_key"
+    return _records(Listing, tenant, columns, [(*row, name_key(row[1])) for row in rows])
 
 
 def _matters(tenant: str) -> list[Matter]:
-    return [
-        Matter(tenant=tenant, title=title, client_name=client, adverse_parties=adverse)
-        for title, client, adverse in (
+    return _records(
+        Matter,
+        tenant,
+        "title client_name adverse_parties",
+        (
             ("Acme Corp v. Globex", "Acme Corp", "Globex Corporation; Hank Scorpio"),
             ("Estate of J. Doe", "Jane Doe", ""),
             ("Smith lease dispute", "Robert Smith", "Springfield Properties LLC"),
-        )
-    ]
+        ),
+    )
 
 
 def _policies(tenant: str) -> list[Policy]:
-    return [
-        Policy(
-            tenant=tenant,
-            policy_number=number,
-            holder_name=holder,
-            holder_phone=phone,
-            kind=kind,
-            status=status,
-            deductible=deductible,
-        )
-        for number, holder, phone, kind, status, deductible in (
+    return _records(
+        Policy,
+        tenant,
+        "policy_number holder_name holder_phone kind status deductible",
+        (
             ("412551", "Sam Rivera", "+15555550103", "auto", "active", 500),
             ("POL-1001", "Ada Lovelace", "+15555550100", "auto", "active", 500),
             ("POL-1002", "Alan Turing", "+15555550101", "home", "active", 1000),
             ("POL-1003", "Grace Hopper", "+15555550102", "auto", "lapsed", 250),
-        )
-    ]
+        ),
+    )
 
 
 _SAMPLES: dict[

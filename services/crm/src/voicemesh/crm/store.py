@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
+from typing import Any, TypeVar
 
 from sqlalchemy import Table, or_
 from sqlalchemy.dialects import postgresql, sqlite
@@ -28,6 +29,7 @@ from voicemesh.common.contracts.tools import (
     LookupContactArgs,
     NoteResult,
     ToolFailure,
+    ToolOutput,
     UpsertContactArgs,
 )
 from voicemesh.common.contracts.tools import Interaction as InteractionOut
@@ -35,11 +37,13 @@ from voicemesh.common.runtime.db import Database
 from voicemesh.crm.cache import LookupCache
 from voicemesh.crm.models import CallLink, Contact, Interaction, Note, new_id
 
-__all__ = ["Crm", "contact_info", "crm_session", "name_key"]
+__all__ = ["Crm", "contact_info", "crm_session", "name_key", "output_of"]
 
 log = logging.getLogger(__name__)
 
 MAX_MATCHES = 10
+
+Out = TypeVar("Out", bound=ToolOutput)
 
 
 def _now() -> datetime:
@@ -55,15 +59,15 @@ def crm_session(db: Database) -> AbstractAsyncContextManager[AsyncSession]:
     return db.model_session("crm")
 
 
+def output_of(model: type[Out], row: SQLModel, **values: Any) -> Out:
+    """A tool's output ``model`` from a table row: the fields they share, then ``values``
+    (the row's ``id`` under the output's name for it, say)."""
+    shared = row.model_dump(include=set(model.model_fields) - values.keys())
+    return model.model_validate({**shared, **values})
+
+
 def contact_info(row: Contact) -> ContactInfo:
-    return ContactInfo(
-        contact_id=row.id,
-        name=row.name,
-        phone=row.phone,
-        email=row.email,
-        created_at=row.created_at,
-        updated_at=row.updated_at,
-    )
+    return output_of(ContactInfo, row, contact_id=row.id)
 
 
 class Crm:
@@ -244,23 +248,16 @@ class Crm:
                     .limit(limit)
                 )
             ).all()
-        items = (
-            [
-                InteractionOut(
-                    kind=e.kind,  # written only by record() below: one of the four kinds
-                    occurred_at=e.occurred_at,
-                    summary=e.summary,
-                    call_id=e.call_id,
-                )
-                for e in events
-            ]
-            + [
-                InteractionOut(
-                    kind="note", occurred_at=n.created_at, summary=n.text[:256], call_id=n.call_id
-                )
-                for n in notes
-            ]
-        )
+        items = [
+            # kind is written only by record() below: one of the four kinds
+            output_of(InteractionOut, e)
+            for e in events
+        ] + [
+            InteractionOut(
+                kind="note", occurred_at=n.created_at, summary=n.text[:256], call_id=n.call_id
+            )
+            for n in notes
+        ]
         items.sort(key=lambda i: i.occurred_at, reverse=True)
         return InteractionsResult(interactions=items[:limit])
 

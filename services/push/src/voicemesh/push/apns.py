@@ -21,7 +21,8 @@ import json
 import logging
 import ssl
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -160,31 +161,24 @@ class _VoipProtocol(APNsTLSClientProtocol):
         super().connection_lost(exc)
 
 
+@dataclass(eq=False)
 class TenantApns:
-    """APNs clients of one tenant in one environment: ``connections`` round-robin clients."""
+    """APNs clients of one tenant in one environment: ``apns_connections`` round-robin clients."""
 
-    def __init__(
-        self,
-        tenant: str,
-        environment: Literal["sandbox", "production"],
-        credentials: ApnsCredentials,
-        settings: PushSettings,
-    ) -> None:
-        self.tenant = tenant
-        self.environment = environment
-        self.credentials = credentials
-        self.host = settings.apns_host or APPLE_HOSTS[environment]
-        self.port = settings.apns_port
-        self.timeout_s = settings.apns_timeout_s
-        self.connections = settings.apns_connections
-        self.generation = 0
-        self._ssl = ssl.create_default_context(cafile=settings.apns_ca_file)
-        self._protocol = type(
-            "VoipProtocol", (_VoipProtocol,), {"APNS_SERVER": self.host, "APNS_PORT": self.port}
-        )
-        self._clients: list[APNs] = []
-        self._next = itertools.count()
-        self._renewing = asyncio.Lock()
+    tenant: str
+    environment: Literal["sandbox", "production"]
+    credentials: ApnsCredentials = field(repr=False)
+    settings: PushSettings = field(repr=False)
+    generation: int = field(default=0, init=False)
+    _clients: list[APNs] = field(default_factory=list, init=False)
+    _next: Iterator[int] = field(default_factory=itertools.count, init=False)
+    _renewing: asyncio.Lock = field(default_factory=asyncio.Lock, init=False)
+
+    def __post_init__(self) -> None:
+        self._ssl = ssl.create_default_context(cafile=self.settings.apns_ca_file)
+        host = self.settings.apns_host or APPLE_HOSTS[self.environment]
+        attributes = {"APNS_SERVER": host, "APNS_PORT": self.settings.apns_port}
+        self._protocol = type("VoipProtocol", (_VoipProtocol,), attributes)
 
     def _open(self) -> list[APNs]:
         # Built inside the running loop: aioapns reads the current loop in its constructor.
@@ -200,7 +194,7 @@ class TenantApns:
         else:
             assert self.credentials.cert_file is not None
             signing = {"client_cert": str(self.credentials.cert_file)}
-        for _ in range(self.connections):
+        for _ in range(self.settings.apns_connections):
             client = APNs(
                 **signing,
                 topic=f"{self.credentials.bundle_id}.voip",
@@ -239,7 +233,7 @@ class TenantApns:
         started = time.monotonic()
         try:
             # asyncio.timeout, not wait_for: no extra task per push on the hot path.
-            async with asyncio.timeout(timeout_s or self.timeout_s):
+            async with asyncio.timeout(timeout_s or self.settings.apns_timeout_s):
                 result = await client.send_notification(request)
         except TimeoutError:
             return PushResult(0, "Timeout", None, time.monotonic() - started)

@@ -126,25 +126,25 @@ class DeviceRegistry:
             raise ValueError("a device token is 64 to 200 hex digits")
         token = token.lower()
         previous_user: str | None = None
+        # A token registered again (by this user or another) is active again, as if new.
+        values = {
+            "user_id": user_id,
+            "bundle_id": bundle_id,
+            "environment": environment,
+            "platform": platform,
+            "active": True,
+            "registered_at_ms": _now_ms(),
+            "deactivated_at_ms": None,
+            "deactivated_reason": None,
+        }
         try:
             async with self._db.session() as session:
                 row = await _find(session, tenant, token)
                 if row is None:
-                    row = Device(
-                        tenant=tenant,
-                        user_id=user_id,
-                        token=token,
-                        bundle_id=bundle_id,
-                        environment=environment,
-                        platform=platform,
-                        registered_at_ms=_now_ms(),
-                    )
+                    row = Device.model_validate({"tenant": tenant, "token": token, **values})
                 else:
                     previous_user = row.user_id
-                    row.user_id, row.bundle_id = user_id, bundle_id
-                    row.environment, row.platform = environment, platform
-                    row.active, row.registered_at_ms = True, _now_ms()
-                    row.deactivated_at_ms = row.deactivated_reason = None
+                    row.sqlmodel_update(values)
                 session.add(row)
                 await session.commit()
                 record = DeviceRecord.of(row)

@@ -25,21 +25,16 @@ import json
 import logging
 import time
 from collections.abc import Awaitable
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 
 from nats.aio.msg import Msg
 from nats.js.client import JetStreamContext
 from opentelemetry.trace import Tracer
 
+from voicemesh.common import CallAnswered, CallConnected, CallEnded, CallRequested, Envelope
 from voicemesh.common.contracts import subjects
 from voicemesh.common.contracts.errors import InvalidMessage
-from voicemesh.common.contracts.events import (
-    CallAnswered,
-    CallConnected,
-    CallEnded,
-    CallRequested,
-    Envelope,
-)
 from voicemesh.common.contracts.streams import ConsumerSpec
 from voicemesh.common.runtime.delivery import Delivery, check_tenant_fence, failure_reason
 from voicemesh.common.runtime.telemetry import trace_context_from
@@ -52,6 +47,10 @@ log = logging.getLogger(__name__)
 #: How often a long ring (APNs retries through the ring window) tells JetStream it is still
 #: being handled, well inside the consumer's ack wait.
 HEARTBEAT_S = 5.0
+#: How long one fetch waits for messages before the lane looks again.
+FETCH_TIMEOUT_S = 2.0
+#: How long ``stop`` gives the events in flight before it NAKs what is left.
+STOP_GRACE_S = 2.0
 #: Lifecycle events the push service acts on; the rest (its own ringing/missed/failed and
 #: everyone else's) are acked without being validated.
 _HANDLED: dict[str, type[Envelope]] = {
@@ -66,46 +65,33 @@ _SPAN = f"{subjects.low_cardinality(subjects.call_lifecycle('*', '*'))} process"
 Decoded = tuple[Msg, Envelope | None]
 
 
+@dataclass(eq=False)
 class TenantLane:
     """One tenant's lifecycle consumer: fetch → prepare → handle, ``window`` in flight."""
 
-    def __init__(
-        self,
-        tenant: str,
-        js: JetStreamContext,
-        spec: ConsumerSpec,
-        ringer: Ringer,
-        *,
-        delivery: Delivery,
-        tracer: Tracer,
-        window: int,
-        fetch_timeout_s: float = 2.0,
-        stop_grace_s: float = 2.0,
-    ) -> None:
-        self.tenant = tenant
-        self.window = window
-        self._js = js
-        self._spec = spec
-        self._ringer = ringer
-        self._delivery = delivery
-        self._tracer = tracer
-        self._fetch_timeout = fetch_timeout_s
-        self._stop_grace = stop_grace_s
-        self._inflight: dict[int, tuple[Msg, float]] = {}
-        self._room = asyncio.Event()
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._loop: asyncio.Task[None] | None = None
-        self._beat: asyncio.Task[None] | None = None
-        self._sub: JetStreamContext.PullSubscription | None = None
-        self.handled = 0
+    tenant: str
+    js: JetStreamContext
+    spec: ConsumerSpec
+    ringer: Ringer
+    _: KW_ONLY
+    delivery: Delivery
+    tracer: Tracer
+    window: int
+    handled: int = field(default=0, init=False)
+    _inflight: dict[int, tuple[Msg, float]] = field(default_factory=dict, init=False)
+    _room: asyncio.Event = field(default_factory=asyncio.Event, init=False)
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set, init=False)
+    _loop: asyncio.Task[None] | None = field(default=None, init=False)
+    _beat: asyncio.Task[None] | None = field(default=None, init=False)
+    _sub: JetStreamContext.PullSubscription | None = field(default=None, init=False)
 
     @property
     def in_flight(self) -> int:
         return len(self._inflight)
 
     async def start(self) -> None:
-        spec, tenant = self._spec, self.tenant
-        self._sub = await self._js.pull_subscribe(
+        spec, tenant = self.spec, self.tenant
+        self._sub = await self.js.pull_subscribe(
             spec.filter_subject(tenant),
             durable=spec.durable(tenant),
             stream=spec.stream,
@@ -115,7 +101,7 @@ class TenantLane:
         self._beat = asyncio.create_task(self._heartbeat(), name=f"push-lane-beat-{tenant}")
 
     async def stop(self) -> None:
-        """Stop fetching, give in-flight events ``stop_grace_s``, then NAK what is left so
+        """Stop fetching, give in-flight events ``STOP_GRACE_S``, then NAK what is left so
         another replica takes it over at once; calling it twice is harmless."""
         for task in (self._loop, self._beat):
             if task is not None:
@@ -125,7 +111,7 @@ class TenantLane:
                     await task
         self._loop = self._beat = None
         if self._tasks:
-            await asyncio.wait(set(self._tasks), timeout=self._stop_grace)
+            await asyncio.wait(set(self._tasks), timeout=STOP_GRACE_S)
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
@@ -145,7 +131,7 @@ class TenantLane:
                 await self._room.wait()
             try:
                 msgs = await self._sub.fetch(
-                    self.window - len(self._inflight), timeout=self._fetch_timeout
+                    self.window - len(self._inflight), timeout=FETCH_TIMEOUT_S
                 )
             except TimeoutError:
                 # Nothing to fetch (nats-py raises asyncio's and its own kind), or a stop
@@ -207,7 +193,7 @@ class TenantLane:
         prepared: dict[str, PreparedRing | BaseException] = {}
         if firsts:
             try:
-                for ring in await self._ringer.prepare(firsts):
+                for ring in await self.ringer.prepare(firsts):
                     prepared[ring.event.call_id] = ring
             except asyncio.CancelledError:
                 # Stopping before any of them started: hand them all back at once.
@@ -243,7 +229,7 @@ class TenantLane:
         for index, (msg, event) in enumerate(group):
             try:
                 context = trace_context_from(msg.headers)
-                with self._tracer.start_as_current_span(_SPAN, context=context) as span:
+                with self.tracer.start_as_current_span(_SPAN, context=context) as span:
                     span.set_attribute("voicemesh.event", str(getattr(event, "type", "")))
                     ring = prepared.get(event.call_id or "") if index == 0 else None
                     await self._handle(event, ring)
@@ -266,13 +252,13 @@ class TenantLane:
         match event:
             case CallRequested():
                 if ring is not None:
-                    await self._ringer.ring_prepared(ring)
+                    await self.ringer.ring_prepared(ring)
                 else:
-                    await self._ringer.ring(event)
+                    await self.ringer.ring(event)
             case CallAnswered() | CallConnected():
-                await self._ringer.answered(event.tenant, event.call_id)
+                await self.ringer.answered(event.tenant, event.call_id)
             case CallEnded():
-                await self._ringer.ended(event)
+                await self.ringer.ended(event)
             case _:
                 return
 
@@ -289,11 +275,11 @@ class TenantLane:
     async def _settle(self, msg: Msg, exc: BaseException) -> None:
         """A failed message: the delivery policy NAKs it, or dead-letters then terms it."""
         try:
-            await self._delivery.settle(
+            await self.delivery.settle(
                 msg,
                 exc,
-                consumer=self._spec.durable(self.tenant),
-                max_deliver=self._spec.max_deliver,
+                consumer=self.spec.durable(self.tenant),
+                max_deliver=self.spec.max_deliver,
             )
         finally:
             self._release(msg)

@@ -18,7 +18,7 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from typing import Any
 
 from redis.exceptions import RedisError
@@ -56,6 +56,8 @@ DEFAULT_JOB_RING_S = 30.0
 
 
 Publish = Callable[[Envelope, str], Awaitable[None]]
+#: What a ring job and the ``CallRequested`` it rings as have in common.
+_JOB_RING_FIELDS = {"tenant", "call_id", "source", "user_id", "caller_name", "handle"}
 
 
 @dataclass
@@ -79,25 +81,17 @@ def _derived(tenant: str, call_id: str, what: str) -> dict[str, Any]:
     }
 
 
+@dataclass(eq=False)
 class Ringer:
     """Handles the lifecycle events and push jobs that ring, stop or miss a call."""
 
-    def __init__(
-        self,
-        settings: PushSettings,
-        *,
-        tenants: TenantRegistry,
-        devices: DeviceRegistry,
-        calls: CallStore,
-        voip: VoipPushes,
-        publish: Publish,
-    ) -> None:
-        self.settings = settings
-        self.tenants = tenants
-        self.devices = devices
-        self.calls = calls
-        self.voip = voip
-        self.publish = publish
+    settings: PushSettings
+    _: KW_ONLY
+    tenants: TenantRegistry
+    devices: DeviceRegistry
+    calls: CallStore
+    voip: VoipPushes
+    publish: Publish
 
     # -- lifecycle events -------------------------------------------------------------------
 
@@ -286,17 +280,9 @@ class Ringer:
             await self.cancel(job.tenant, job.call_id, job.user_id)
             return
         ring_s = min(300.0, expires - now) if expires is not None else DEFAULT_JOB_RING_S
-        await self.ring(
-            CallRequested(
-                tenant=job.tenant,
-                call_id=job.call_id,
-                source=job.source,
-                user_id=job.user_id,
-                caller_name=job.caller_name,
-                handle=job.handle,
-                ring_timeout_s=ring_s,
-            )
-        )
+        # The job's ring as its request: the same call, user, caller name and handle.
+        request = job.model_dump(include=_JOB_RING_FIELDS)
+        await self.ring(CallRequested(**request, ring_timeout_s=ring_s))
 
     async def missed(self, tenant: str, call_id: str) -> bool:
         """The ring window closed without an answer: CallMissed, a cancel push, the text.

@@ -17,7 +17,7 @@ import random
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 
 from voicemesh.common.contracts.errors import InvalidMessage
@@ -124,22 +124,17 @@ def failure(outcomes: list[DeviceOutcome]) -> tuple[FailureReason, str]:
     return reason, "; ".join(reasons)[:500]
 
 
+@dataclass(eq=False)
 class VoipPushes:
     """Sends ring and cancel pushes through each tenant's APNs clients."""
 
-    def __init__(
-        self,
-        settings: PushSettings,
-        *,
-        apns: ApnsPool,
-        devices: DeviceRegistry,
-        calls: CallStore,
-    ) -> None:
-        self.settings = settings
-        self.apns = apns
-        self.devices = devices
-        self.calls = calls
-        self._random = random.Random()  # noqa: S311 - jitter, not security
+    settings: PushSettings
+    _: KW_ONLY
+    apns: ApnsPool
+    devices: DeviceRegistry
+    calls: CallStore
+    #: backoff jitter (not security: a plain pseudo-random generator will do)
+    _random: random.Random = field(default_factory=random.Random, init=False)
 
     def check_clients(self, tenant: str, devices: list[DeviceRecord]) -> None:
         """Raise ``InvalidMessage`` if a device's environment has no APNs client."""

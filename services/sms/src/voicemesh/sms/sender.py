@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
+from dataclasses import KW_ONLY, dataclass
 from datetime import UTC, datetime
 
 from redis.asyncio import Redis
@@ -44,6 +45,8 @@ MAX_THROTTLE_WAIT_S = 60.0
 MAX_THROTTLE_WAITS = 5
 #: While waiting out a ``Retry-After``, the job tells JetStream it is alive this often.
 THROTTLE_HEARTBEAT_S = 5.0
+#: What a message's row keeps of its job.
+_KEPT_OF_JOB = {"tenant", "idempotency_key", "to", "body", "purpose", "call_id"}
 #: How far along a message is: a provider's delivery report only ever moves it forward.
 PROGRESS = {"pending": 0, "sent": 1, "delivered": 2, "undelivered": 2, "failed": 2, "opted_out": 2}
 #: The provider's delivery reports that are kept (Twilio's final ``MessageStatus`` values).
@@ -85,28 +88,20 @@ class RateLimiter:
             await asyncio.sleep(min(max(decision.wait_s, 0.05), MAX_RATE_WAIT_S))
 
 
+@dataclass(eq=False)
 class SmsSender:
     """The sms service's rules, shared by the job consumer, the tool and the HTTP API."""
 
-    def __init__(
-        self,
-        db: Database,
-        provider: SmsProvider,
-        limiter: RateLimiter,
-        events: JetStreamPublisher,
-        *,
-        sender_id: str,
-        status_callback: Callable[[str], str | None] = lambda _tenant: None,
-    ) -> None:
-        self._status_callback = status_callback
-        self._db = db
-        self._provider = provider
-        self._limiter = limiter
-        self._events = events
-        self._sender_id = sender_id
+    db: Database
+    provider: SmsProvider
+    limiter: RateLimiter
+    events: JetStreamPublisher
+    _: KW_ONLY
+    sender_id: str
+    status_callback: Callable[[str], str | None] = lambda _tenant: None
 
     def session(self) -> AbstractAsyncContextManager[AsyncSession]:
-        return self._db.model_session("sms")
+        return self.db.model_session("sms")
 
     async def handle(self, job: SmsJob, *, heartbeat: Callable[[], Awaitable[None]]) -> str:
         """Deliver ``job`` once; returns the message's final status."""
@@ -116,7 +111,7 @@ class SmsSender:
             return row.status
         if await self.opted_out(job.tenant, job.to):
             return await self._finish(row, "opted_out", detail="the recipient replied STOP")
-        await self._limiter.acquire(job.tenant, heartbeat=heartbeat)
+        await self.limiter.acquire(job.tenant, heartbeat=heartbeat)
         started = time.perf_counter()
         try:
             receipt = await self._send(job, heartbeat)
@@ -128,7 +123,7 @@ class SmsSender:
         log.info(
             "sms %s sent via %s in %.0f ms",
             row.id,
-            self._provider.name,
+            self.provider.name,
             (time.perf_counter() - started) * 1000,
         )
         return await self._finish(row, "sent", provider_id=receipt.provider_id)
@@ -142,18 +137,18 @@ class SmsSender:
         waits = 0
         while True:
             try:
-                return await self._provider.send(
+                return await self.provider.send(
                     job.to,
                     job.body,
-                    self._sender_id,
-                    status_callback=self._status_callback(job.tenant),
+                    self.sender_id,
+                    status_callback=self.status_callback(job.tenant),
                 )
             except Throttled as exc:
                 wait = exc.retry_after_s
                 if wait is None or wait > MAX_THROTTLE_WAIT_S or waits >= MAX_THROTTLE_WAITS:
                     raise
                 waits += 1
-                log.warning("%s asked for %.1f s before the next text", self._provider.name, wait)
+                log.warning("%s asked for %.1f s before the next text", self.provider.name, wait)
                 deadline = time.monotonic() + wait
                 while (left := deadline - time.monotonic()) > 0:
                     await heartbeat()
@@ -161,17 +156,8 @@ class SmsSender:
 
     async def _claim(self, job: SmsJob) -> SmsMessage:
         now = _now()
-        row = SmsMessage(
-            tenant=job.tenant,
-            idempotency_key=job.idempotency_key,
-            to=job.to,
-            body=job.body,
-            purpose=job.purpose,
-            call_id=job.call_id,
-            provider=self._provider.name,
-            created_at=now,
-            updated_at=now,
-        )
+        kept = job.model_dump(include=_KEPT_OF_JOB)
+        row = SmsMessage(**kept, provider=self.provider.name, created_at=now, updated_at=now)
         try:
             async with self.session() as session:
                 session.add(row)
@@ -224,7 +210,7 @@ class SmsSender:
             provider_id=row.provider_id,
             detail=row.detail,
         )
-        await self._events.publish(event, subjects.event(row.tenant, "sms"))
+        await self.events.publish(event, subjects.event(row.tenant, "sms"))
 
     # -- status callbacks -------------------------------------------------------------------
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from typing import cast
+from typing import Any, cast
 
 from sqlalchemy import Column, Index, Table, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
+
+from voicemesh.common.contracts.events import TranscriptSegment
+from voicemesh.common.runtime.db import iso_timestamp
 
 __all__ = ["SEGMENTS", "SegmentRow"]
 
@@ -31,6 +34,16 @@ class SegmentRow(SQLModel, table=True):
     final: bool = True
     #: Fixed-width UTC ISO 8601 text: sorts in time order on every backend.
     occurred_at: str
+
+    @staticmethod
+    def values_of(segment: TranscriptSegment) -> dict[str, Any]:
+        """The row's columns (all but the database's ``id``) for ``segment``."""
+        copied = {"tenant", "call_id", "segment_id", "text", "start_s", "end_s", "final"}
+        return {
+            **segment.model_dump(include=copied),
+            "speaker": segment.speaker.value,
+            "occurred_at": iso_timestamp(segment.occurred_at),
+        }
 
 
 SEGMENTS = cast(Table, getattr(SegmentRow, "__table__"))  # noqa: B009 - untyped in SQLModel

@@ -16,7 +16,7 @@ from sqlalchemy.exc import DBAPIError
 
 from voicemesh.common.contracts.errors import UnavailableError
 from voicemesh.common.contracts.events import TranscriptSegment
-from voicemesh.common.runtime.db import Database, iso_timestamp
+from voicemesh.common.runtime.db import Database
 from voicemesh.transcript.models import SEGMENTS, SegmentRow
 
 __all__ = ["CallSummary", "SearchQuery", "TranscriptStore"]
@@ -52,17 +52,7 @@ class TranscriptStore:
 
     async def add(self, segment: TranscriptSegment) -> bool:
         """Store ``segment``; ``False`` if an equal or more final version was already stored."""
-        values = {
-            "tenant": segment.tenant,
-            "call_id": segment.call_id,
-            "segment_id": segment.segment_id,
-            "speaker": segment.speaker.value,
-            "text": segment.text,
-            "start_s": segment.start_s,
-            "end_s": segment.end_s,
-            "final": segment.final,
-            "occurred_at": iso_timestamp(segment.occurred_at),
-        }
+        values = SegmentRow.values_of(segment)
         insert = sqlite_insert if self.db.is_sqlite else pg_insert
         stmt = insert(SEGMENTS).values(**values)
         stmt = stmt.on_conflict_do_update(

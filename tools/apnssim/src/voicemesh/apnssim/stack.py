@@ -13,6 +13,7 @@ from typing import Any
 
 from voicemesh.apnssim.certs import make_provider_key, make_tls_material
 from voicemesh.common.contracts.tenancy import TenantRegistry
+from voicemesh.testkit.apns import write_credentials
 from voicemesh.testkit.embedded import free_port
 
 __all__ = ["DEMO_BUNDLE_ID", "extend_stack"]
@@ -31,15 +32,7 @@ def extend_stack(stack: Any) -> None:
     accepted = []
     for tenant in TenantRegistry.demo():
         key = make_provider_key()
-        (credentials / f"{tenant.id}.p8").touch(mode=0o600)
-        (credentials / f"{tenant.id}.p8").write_text(key.private_pem)
-        entry = {
-            "key_id": key.key_id,
-            "team_id": key.team_id,
-            "key_file": f"{tenant.id}.p8",
-            "bundle_id": DEMO_BUNDLE_ID,
-        }
-        (credentials / f"{tenant.id}.json").write_text(json.dumps(entry))
+        write_credentials(credentials, tenant.id, key, DEMO_BUNDLE_ID)
         accepted.append(
             {"key_id": key.key_id, "team_id": key.team_id, "public_key": key.public_pem}
         )

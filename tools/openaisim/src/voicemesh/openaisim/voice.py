@@ -1,11 +1,11 @@
 """The simulator's own ears and voice: pocketsphinx and eSpeak NG, straight from their wheels.
 
 Independent of the agent on purpose: the simulator stands in for a third party, so it shares
-no code with the service it is used to test, only the process-wide eSpeak NG engine of
-``voicemesh.common.runtime.speech`` (the C library allows one per process). Transcription is real
-recognition: with a list of expected phrases (``--phrases``) the recogniser uses a grammar of
-exactly those sentences, which is how tests get dependable text from synthetic speech;
-without one it uses pocketsphinx's general English model.
+no code with the service it is used to test, only ``voicemesh.common.runtime.speech``: the
+process-wide eSpeak NG engine (the C library allows one per process) and the WAV writer.
+Transcription is real recognition: with a list of expected phrases (``--phrases``) the
+recogniser uses a grammar of exactly those sentences, which is how tests get dependable text
+from synthetic speech; without one it uses pocketsphinx's general English model.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import numpy as np
 import pocketsphinx
 from pocketsphinx import Decoder
 
-from voicemesh.common.runtime.speech import resample, speak
+from voicemesh.common.runtime.speech import resample, speak, wav_from_pcm
 
 __all__ = [
     "AudioError",
@@ -34,16 +34,6 @@ __all__ = [
 
 class AudioError(ValueError):
     """Uploaded audio the simulator cannot read (not a 16-bit mono PCM WAV)."""
-
-
-def wav_from_pcm(pcm: bytes, sample_rate: int) -> bytes:
-    buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(sample_rate)
-        out.writeframes(pcm)
-    return buffer.getvalue()
 
 
 def pcm_from_wav(data: bytes) -> tuple[bytes, int]:

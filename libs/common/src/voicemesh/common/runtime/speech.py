@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import io
 import threading
+import wave
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 
-__all__ = ["EspeakEngine", "SpeechError", "espeak", "resample", "speak"]
+__all__ = ["EspeakEngine", "SpeechError", "espeak", "resample", "speak", "wav_from_pcm"]
 
 _AUDIO_OUTPUT_SYNCHRONOUS = 2
 _POS_CHARACTER = 1
@@ -45,6 +47,17 @@ def resample(pcm: bytes, from_rate: int, to_rate: int) -> bytes:
     positions = np.arange(count, dtype=np.float64) * (from_rate / to_rate)
     out = np.interp(positions, np.arange(len(samples)), samples)
     return bytes(np.clip(out, -32768, 32767).astype(np.int16).tobytes())
+
+
+def wav_from_pcm(pcm: bytes, sample_rate: int) -> bytes:
+    """``pcm`` (s16le mono) as a WAV file, the upload format every transcription model reads."""
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(sample_rate)
+        out.writeframes(pcm)
+    return buffer.getvalue()
 
 
 class EspeakEngine:

@@ -12,11 +12,10 @@ voice, so a dropped connection is never silence.
 
 from __future__ import annotations
 
-import io
 import logging
 import re
-import wave
 from collections.abc import AsyncGenerator, Callable
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 import openai
@@ -25,14 +24,15 @@ from openai.types.chat import ChatCompletionChunk
 
 from voicemesh.agent.providers.base import CallContext, ProviderError, Reply, prepended
 from voicemesh.agent.providers.openai_tools import END_CALL, MAX_TOOL_STEPS, ToolBox
+from voicemesh.agent.speech import IN_RATE
+from voicemesh.common.runtime.speech import wav_from_pcm
 
 __all__ = [
     "OpenAIChatConversation",
+    "OpenAIOptions",
     "OpenAIProvider",
     "OpenAISpeech",
     "OpenAITranscriber",
-    "openai_client",
-    "wav",
 ]
 
 log = logging.getLogger(__name__)
@@ -44,23 +44,26 @@ CUT_OFF = " [interrupted by the caller]"
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 SPEECH_RATE = 24000  # the "pcm" speech format is 24 kHz s16le mono
-IN_RATE = 16000
 
 
-def openai_client(api_key: str, base_url: str | None, timeout_s: float) -> AsyncOpenAI:
-    """One client per provider; no retries: the call session has its own deadline."""
-    return AsyncOpenAI(api_key=api_key, base_url=base_url, timeout=timeout_s, max_retries=0)
+@dataclass(frozen=True, kw_only=True)
+class OpenAIOptions:
+    """How both OpenAI providers reach the API, and the models and voice they use."""
 
+    api_key: str = field(repr=False)
+    base_url: str | None
+    chat_model: str
+    realtime_model: str
+    transcribe_model: str
+    speech_model: str
+    voice: str
+    timeout_s: float
 
-def wav(pcm: bytes, sample_rate: int) -> bytes:
-    """``pcm`` (s16le mono) as a WAV file, the upload format every transcription model reads."""
-    buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(sample_rate)
-        out.writeframes(pcm)
-    return buffer.getvalue()
+    def client(self) -> AsyncOpenAI:
+        """One client per provider; no retries: the call session has its own deadline."""
+        return AsyncOpenAI(
+            api_key=self.api_key, base_url=self.base_url, timeout=self.timeout_s, max_retries=0
+        )
 
 
 class _Turn:
@@ -101,7 +104,7 @@ class OpenAITranscriber:
             return ""
         try:
             transcript = await self._client.audio.transcriptions.create(
-                model=self._model, file=("turn.wav", wav(pcm, IN_RATE), "audio/wav")
+                model=self._model, file=("turn.wav", wav_from_pcm(pcm, IN_RATE), "audio/wav")
             )
         except openai.OpenAIError as exc:
             # Never raise here (the audio loop must live on): the conversation raises for it.
@@ -280,22 +283,9 @@ class OpenAIProvider:
 
     name = "openai"
 
-    def __init__(
-        self,
-        *,
-        api_key: str,
-        base_url: str | None,
-        chat_model: str,
-        transcribe_model: str,
-        speech_model: str,
-        voice: str,
-        timeout_s: float,
-    ) -> None:
-        self._client = openai_client(api_key, base_url, timeout_s)
-        self._chat_model = chat_model
-        self._transcribe_model = transcribe_model
-        self._speech_model = speech_model
-        self._voice = voice
+    def __init__(self, options: OpenAIOptions) -> None:
+        self._options = options
+        self._client = options.client()
         # Transcriber and conversation of one call share a _Turn; the session makes the
         # transcriber first, so it creates it and the conversation picks it up.
         self._turns: dict[str, _Turn] = {}
@@ -310,16 +300,18 @@ class OpenAIProvider:
         # The session closes the transcriber when the call ends: forget the call then.
         return OpenAITranscriber(
             self._client,
-            self._transcribe_model,
+            self._options.transcribe_model,
             self._turn(context),
             on_close=lambda: self._forget(context.call_id),
         )
 
     def synthesizer(self, context: CallContext) -> OpenAISpeech:
-        return OpenAISpeech(self._client, self._speech_model, self._voice)
+        return OpenAISpeech(self._client, self._options.speech_model, self._options.voice)
 
     def conversation(self, context: CallContext) -> OpenAIChatConversation:
-        return OpenAIChatConversation(self._client, self._chat_model, context, self._turn(context))
+        return OpenAIChatConversation(
+            self._client, self._options.chat_model, context, self._turn(context)
+        )
 
     async def close(self) -> None:
         await self._client.close()

@@ -28,16 +28,15 @@ from openai import AsyncOpenAI
 from openai.resources.realtime.realtime import AsyncRealtimeConnection
 
 from voicemesh.agent.providers.base import CallContext, ProviderError, Reply, prepended
-from voicemesh.agent.providers.openai_chat import openai_client
+from voicemesh.agent.providers.openai_chat import OpenAIOptions
 from voicemesh.agent.providers.openai_tools import END_CALL, MAX_TOOL_STEPS, ToolBox
-from voicemesh.agent.speech import resample
+from voicemesh.agent.speech import IN_RATE, resample
 
 __all__ = ["OpenAIRealtimeProvider", "RealtimeLink"]
 
 log = logging.getLogger(__name__)
 
 RATE: Final = 24000  # Realtime "audio/pcm" is 24 kHz s16le mono both ways
-IN_RATE = 16000
 #: Caller audio is sent in appends of at least this much (100 ms): fewer, larger messages.
 APPEND_BYTES = 24000 // 10 * 2
 _CLOSED = object()
@@ -65,21 +64,10 @@ class _Response:
 class RealtimeLink:
     """One call's Realtime connection: a reader task, a sender task and the pending audio."""
 
-    def __init__(
-        self,
-        client: AsyncOpenAI,
-        context: CallContext,
-        *,
-        model: str,
-        transcribe_model: str,
-        voice: str,
-        timeout_s: float,
-    ) -> None:
+    def __init__(self, client: AsyncOpenAI, context: CallContext, options: OpenAIOptions) -> None:
         self._client = client
-        self._model = model
-        self._transcribe_model = transcribe_model
-        self._voice = voice
-        self._timeout = timeout_s
+        self._options = options
+        self._timeout = options.timeout_s
         self.context = context
         self.toolbox = ToolBox(context)
         self.failure: str | None = None
@@ -100,7 +88,8 @@ class RealtimeLink:
     async def open(self) -> None:
         try:
             self._conn = await asyncio.wait_for(
-                self._client.realtime.connect(model=self._model).enter(), self._timeout
+                self._client.realtime.connect(model=self._options.realtime_model).enter(),
+                self._timeout,
             )
             await self._conn.session.update(
                 session={
@@ -112,11 +101,11 @@ class RealtimeLink:
                         "input": {
                             "format": {"type": "audio/pcm", "rate": RATE},
                             "turn_detection": None,
-                            "transcription": {"model": self._transcribe_model},
+                            "transcription": {"model": self._options.transcribe_model},
                         },
                         "output": {
                             "format": {"type": "audio/pcm", "rate": RATE},
-                            "voice": self._voice,
+                            "voice": self._options.voice,
                         },
                     },
                 }
@@ -449,34 +438,15 @@ class OpenAIRealtimeProvider:
 
     name = "openai-realtime"
 
-    def __init__(
-        self,
-        *,
-        api_key: str,
-        base_url: str | None,
-        model: str,
-        transcribe_model: str,
-        voice: str,
-        timeout_s: float,
-    ) -> None:
-        self._client = openai_client(api_key, base_url, timeout_s)
-        self._model = model
-        self._transcribe_model = transcribe_model
-        self._voice = voice
-        self._timeout = timeout_s
+    def __init__(self, options: OpenAIOptions) -> None:
+        self._options = options
+        self._client = options.client()
         self.links: dict[str, RealtimeLink] = {}
 
     def _link(self, context: CallContext) -> RealtimeLink:
         link = self.links.get(context.call_id)
         if link is None:
-            link = RealtimeLink(
-                self._client,
-                context,
-                model=self._model,
-                transcribe_model=self._transcribe_model,
-                voice=self._voice,
-                timeout_s=self._timeout,
-            )
+            link = RealtimeLink(self._client, context, self._options)
             self.links[context.call_id] = link
         return link
 

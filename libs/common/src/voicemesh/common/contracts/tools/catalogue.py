@@ -8,42 +8,9 @@ from typing import Any, Generic, TypeVar
 from voicemesh.common.contracts import subjects
 from voicemesh.common.contracts.events import ToolErrorCode, ToolRequest
 from voicemesh.common.contracts.tenancy import Vertical
+from voicemesh.common.contracts.tools import calendar, crm, sms
 from voicemesh.common.contracts.tools.base import ToolArgs, ToolOutput
-from voicemesh.common.contracts.tools.calendar import (
-    AppointmentResult,
-    AppointmentsResult,
-    AvailabilityArgs,
-    AvailabilityResult,
-    BookArgs,
-    CancelArgs,
-    ListAppointmentsArgs,
-    RescheduleArgs,
-)
-from voicemesh.common.contracts.tools.crm import (
-    AddNoteArgs,
-    CallerArgs,
-    CallerResult,
-    Claim,
-    ConflictCheckArgs,
-    ConflictCheckResult,
-    ContactResult,
-    ContactsResult,
-    FileClaimArgs,
-    InteractionsResult,
-    ListingsResult,
-    ListInteractionsArgs,
-    LookupContactArgs,
-    LookupPolicyArgs,
-    NoteResult,
-    Policy,
-    SearchListingsArgs,
-    UpsertContactArgs,
-)
 from voicemesh.common.contracts.tools.errors import ToolFailure
-from voicemesh.common.contracts.tools.sms import (
-    SendSmsArgs,
-    SendSmsResult,
-)
 
 __all__ = ["DEFAULT_TIMEOUT_S", "TOOLS", "ToolSpec", "tool_spec"]
 
@@ -93,35 +60,37 @@ class ToolSpec(Generic[A, R]):
 
 
 _ALL_TOOLS: tuple[ToolSpec[Any, Any], ...] = (
-    ToolSpec("crm", "lookup_contact", LookupContactArgs, ContactsResult, 2.0,
+    ToolSpec("crm", "lookup_contact", crm.LookupContactArgs, crm.ContactsResult, 2.0,
              description="find contacts by phone, email or name"),
-    ToolSpec("crm", "upsert_contact", UpsertContactArgs, ContactResult, 3.0,
+    ToolSpec("crm", "upsert_contact", crm.UpsertContactArgs, crm.ContactResult, 3.0,
              description="create or update the caller's contact (never another's)"),
-    ToolSpec("crm", "caller", CallerArgs, CallerResult, 2.0,
+    ToolSpec("crm", "caller", crm.CallerArgs, crm.CallerResult, 2.0,
              description="the call's contact and verified number"),
-    ToolSpec("crm", "add_note", AddNoteArgs, NoteResult, 3.0,
+    ToolSpec("crm", "add_note", crm.AddNoteArgs, crm.NoteResult, 3.0,
              description="add a note to a contact"),
-    ToolSpec("crm", "list_interactions", ListInteractionsArgs, InteractionsResult, 3.0,
+    ToolSpec("crm", "list_interactions", crm.ListInteractionsArgs, crm.InteractionsResult, 3.0,
              description="a contact's calls, appointments, texts and notes, newest first"),
-    ToolSpec("crm", "search_listings", SearchListingsArgs, ListingsResult, 3.0,
+    ToolSpec("crm", "search_listings", crm.SearchListingsArgs, crm.ListingsResult, 3.0,
              frozenset({Vertical.REAL_ESTATE}), "search property listings"),
-    ToolSpec("crm", "conflict_check", ConflictCheckArgs, ConflictCheckResult, 3.0,
+    ToolSpec("crm", "conflict_check", crm.ConflictCheckArgs, crm.ConflictCheckResult, 3.0,
              frozenset({Vertical.LEGAL}), "check parties against existing matters"),
-    ToolSpec("crm", "lookup_policy", LookupPolicyArgs, Policy, 2.0,
+    ToolSpec("crm", "lookup_policy", crm.LookupPolicyArgs, crm.Policy, 2.0,
              frozenset({Vertical.INSURANCE}), "find a policy by number or holder phone"),
-    ToolSpec("crm", "file_claim", FileClaimArgs, Claim, 3.0,
+    ToolSpec("crm", "file_claim", crm.FileClaimArgs, crm.Claim, 3.0,
              frozenset({Vertical.INSURANCE}), "file a claim against a policy"),
-    ToolSpec("calendar", "availability", AvailabilityArgs, AvailabilityResult, 3.0,
+    ToolSpec("calendar", "availability",
+             calendar.AvailabilityArgs, calendar.AvailabilityResult, 3.0,
              description="free slots for a day or a range of days"),
-    ToolSpec("calendar", "book", BookArgs, AppointmentResult, 5.0,
+    ToolSpec("calendar", "book", calendar.BookArgs, calendar.AppointmentResult, 5.0,
              description="book a slot; the idempotency key makes a retry book once"),
-    ToolSpec("calendar", "reschedule", RescheduleArgs, AppointmentResult, 5.0,
+    ToolSpec("calendar", "reschedule", calendar.RescheduleArgs, calendar.AppointmentResult, 5.0,
              description="move an appointment to another free slot"),
-    ToolSpec("calendar", "cancel", CancelArgs, AppointmentResult, 3.0,
+    ToolSpec("calendar", "cancel", calendar.CancelArgs, calendar.AppointmentResult, 3.0,
              description="cancel an appointment and free its slot"),
-    ToolSpec("calendar", "list_appointments", ListAppointmentsArgs, AppointmentsResult, 3.0,
+    ToolSpec("calendar", "list_appointments",
+             calendar.ListAppointmentsArgs, calendar.AppointmentsResult, 3.0,
              description="appointments in a range of days, optionally for one phone"),
-    ToolSpec("sms", "send", SendSmsArgs, SendSmsResult, 3.0,
+    ToolSpec("sms", "send", sms.SendSmsArgs, sms.SendSmsResult, 3.0,
              description="text the caller one of the business's templates (sent once)",
              call_bound=frozenset({"to", "body"})),
 )  # fmt: skip
