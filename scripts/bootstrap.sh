@@ -16,7 +16,10 @@ fi
 
 # Headless Chromium drives the /demo browser tests (Playwright uses it; no browser download);
 # PostgreSQL binaries give the tests a throwaway server (initdb in a temporary directory).
-APT_PACKAGES=(chromium postgresql)
+# The cluster rehearsal (make rehearse) runs the manifests' own third-party images from
+# Debian: redis-server (7, with TLS and ACL files), coturn, and iproute2 and iptables for the
+# pods' network namespaces and NetworkPolicies.
+APT_PACKAGES=(chromium postgresql redis-server coturn iproute2 iptables)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
