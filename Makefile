@@ -9,8 +9,8 @@ PYTEST_ARGS ?=
 
 # run-<service> and bench-<name> are pattern rules: make skips pattern rules for targets
 # declared .PHONY, so they must not be listed here (no files by those names exist).
-.PHONY: help bootstrap sync run test test-only lint fmt bench docs k8s-validate deploy \
-        images-check chaos clean
+.PHONY: help bootstrap sync run test test-only lint fmt bench docs k8s-validate rehearse \
+        deploy images-check chaos clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_%-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -67,6 +67,9 @@ docs: sync  ## JSON Schemas of every wire event into docs/schemas
 
 k8s-validate: sync  ## render every overlay and validate it against Kubernetes 1.32 schemas
 	$(UV_RUN) python deploy/k8s/validate.py
+
+rehearse: bootstrap  ## run the rendered manifests as a cluster would, on this machine (root)
+	$(UV_RUN) python -m deploy.rehearse
 
 VERTICAL ?=
 TENANT ?=
