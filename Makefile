@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
         deploy images-check chaos clean
 
 help:  ## list the targets
-	@grep -E '^[a-zA-Z_%-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z0-9_%-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
 
 bootstrap:  ## install uv, system packages (as root) and the locked environment
 	@./scripts/bootstrap.sh
