@@ -128,6 +128,11 @@ k create namespace "vm-$tenant" --dry-run=client -o yaml | k apply -f - >/dev/nu
 has_secret voicemesh nats-users || put_secret voicemesh nats-users \
   "$(env_name admin)=$(random)" "$(env_name gateway)=$(random)" "$(env_name push)=$(random)"
 add_secret_key voicemesh nats-users "$(env_name "$tenant")" "$(random)"
+# nats-server refuses to start on a password variable its pods do not have: every user of
+# auth.conf gets one (a tenant not deployed yet gets a password no pod knows).
+for variable in $(grep -oE '\$VM_NATS_PASSWORD_[A-Z0-9_]+' "$K8S/base/nats/auth.conf" | sort -u); do
+  add_secret_key voicemesh nats-users "${variable#\$}" "$(random)"
+done
 nats_password="$(secret_key voicemesh nats-users "$(env_name "$tenant")")"
 # TLS: the servers' certificates from the operator's CA, and the CA for the clients.
 if ! has_secret voicemesh nats-tls || ! has_secret voicemesh redis-tls \

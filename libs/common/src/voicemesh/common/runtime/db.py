@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -25,6 +25,9 @@ from sqlmodel.ext.asyncio.session import AsyncSession as SQLModelSession
 from voicemesh.common.contracts.errors import UnavailableError
 
 __all__ = ["Database", "async_url", "iso_timestamp"]
+
+#: The PostgreSQL advisory lock that serialises schema creation across replicas.
+_DDL_LOCK = 0x766D_6464_6C  # "vmddl"
 
 
 def iso_timestamp(moment: datetime) -> str:
@@ -69,9 +72,18 @@ class Database:
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
 
     async def create_all(self) -> None:
-        """Create this process's tables (SQLModel metadata) if they do not exist."""
+        """Create this process's tables (SQLModel metadata) if they do not exist.
+
+        Replicas starting together would race on PostgreSQL (two ``CREATE TABLE`` of one
+        name: a unique violation in its catalogue), so creators take one advisory lock in
+        turn; the next one then finds the tables there.
+        """
         try:
             async with self.engine.begin() as conn:
+                if not self.is_sqlite:
+                    await conn.execute(
+                        text("SELECT pg_advisory_xact_lock(:key)"), {"key": _DDL_LOCK}
+                    )
                 await conn.run_sync(SQLModel.metadata.create_all)
         except (OperationalError, DBAPIError, OSError) as exc:
             raise UnavailableError(f"database unavailable: {type(exc).__name__}") from exc
