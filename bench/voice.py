@@ -22,8 +22,12 @@ arriving at it.
    is answered and voice-to-voice p95 stays within 1.5 s and twice the one-call p95; the
    callers run in a process of their own, as phones would.
 
+4. Outcomes: the caller corpus (``bench/voice_corpus.py``): the held-out outcome accuracy
+   and crisis recall, at text level (``*_text``) until the audio run has a recogniser.
+
 Writes bench/results/voice.json (``v2v_p50_ms``, ``v2v_p95_ms``, ``overhead_p95_ms``,
-``wer``, ``max_realtime_calls`` and the per-stage split).
+``wer``, ``max_realtime_calls``, the per-stage split, ``outcome_accuracy``,
+``outcome_accuracy_10db``, ``crisis_recall`` and the ``*_text`` figures).
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ from _report import median, percentile, report
 from agent_latency import FixedProvider
 from agent_stt_accuracy import word_errors
 from gateway import Running, wait_http
+from voice_corpus import corpus_report
 
 from voicemesh.agent import AgentService, AgentSettings, create_app
 from voicemesh.agent.profiles import ProfileLibrary
@@ -287,6 +292,8 @@ async def main() -> None:
                 now=lambda: datetime.now(UTC),
             )
             await agent.start()
+            print("corpus: every call through the offline dialog, at text level")
+            corpus = await corpus_report(nc, library)
             print(f"latency: {CALLS} offline + {CALLS} fixed-reply calls, {TURNS} turns each")
             latency = await run_calls(
                 gateway, server.url, agent, [OFFLINE] * CALLS + [FIXED] * CALLS, TURNS
@@ -390,8 +397,17 @@ async def main() -> None:
             "unanswered_turns": sum(r.unanswered for r in latency),
             "max_realtime_calls": max_realtime,
             "capacity": capacity,
+            **corpus,
             "aims": {"v2v_p50_ms": 600, "v2v_p95_ms": 900, "overhead_p95_ms": 60, "wer": 0.25},
         },
+    )
+    print("held-out outcome accuracy by vertical (text level: the dialog, no recogniser)")
+    for vertical, share in corpus["outcome_by_vertical_text"].items():
+        print(f"  {vertical:18} {share:.3f}")
+    print(
+        f"outcomes: {corpus['outcome_accuracy_text']:.3f} held out at text level, crisis "
+        f"recall {corpus['crisis_recall_text']:.3f}, false alarms "
+        f"{corpus['false_alarm_rate_text']:.3f}"
     )
     print(
         f"WER through the gateway {wer:.3f} over {words} words ({missed} lines unheard); "

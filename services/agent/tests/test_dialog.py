@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
 from nats.aio.client import Client as NatsClient
 
 from voicemesh.agent.dialog import OfflineConversation, ToolUnavailable
-from voicemesh.agent.profiles import ProfileError, ProfileLibrary
-from voicemesh.agent.providers.base import CallContext, CallTools
-from voicemesh.common.contracts.events import ToolErrorCode, ToolRequest
+from voicemesh.agent.profiles import ProfileError, ProfileLibrary, SlotSpec
+from voicemesh.agent.providers.base import CallContext, CallTools, Reply
+from voicemesh.common.contracts.events import HandoffReason, ToolErrorCode, ToolRequest
 from voicemesh.common.contracts.tenancy import Tenant, Vertical
 from voicemesh.common.contracts.tools import SendSmsArgs, SendSmsResult, ToolFailure
 from voicemesh.common.runtime.tools import ToolClient
@@ -32,13 +33,16 @@ SALON_BOOKING = [
 ]
 
 
-def _conversation(nats: NatsClient, tenant: str, profile: str) -> OfflineConversation:
+def _conversation(
+    nats: NatsClient, tenant: str, profile: str, *, phone: str | None = None
+) -> OfflineConversation:
     context = CallContext(
         tenant=Tenant(id=tenant, vertical=Vertical(profile)),
         call_id="call1",
         profile=LIBRARY.get(profile),
         tools=CallTools(ToolClient(nats, source="agent"), tenant, "call1"),
         now=lambda: NOW,
+        phone=phone,
     )
     return OfflineConversation(context)
 
@@ -217,3 +221,94 @@ async def test_is_complete_knows_a_whole_answer_from_a_pause(nats: NatsClient) -
     assert not conversation.is_complete("um")
     assert state[0] == "phone"  # is_complete changed nothing
     await desk.stop()
+
+
+# --- no loop, ever: an uncooperative caller on every slot of every intent of every profile ---
+
+CALLER = "+16175550100"
+NONSENSE = "the purple elephant sings"
+
+
+def _value(spec: SlotSpec) -> Any:
+    if spec.type == "choice":
+        return next(iter(spec.choices))
+    if spec.type == "datetime":
+        return NOW.replace(day=26, hour=14)
+    if spec.type == "name":
+        return "Sam Caller"
+    return CALLER if spec.phone else "4" * spec.digits
+
+
+def _cases() -> list[tuple[str, str, str]]:
+    return [
+        (profile, intent, slot)
+        for profile in LIBRARY.names()
+        for intent, spec in LIBRARY.get(profile).intents.items()
+        for slot in spec.slots
+    ]
+
+
+def _assert_no_line_thrice(lines: list[str]) -> None:
+    for first, second, third in zip(lines, lines[1:], lines[2:], strict=False):
+        assert not (first == second == third), lines
+
+
+@pytest.mark.parametrize(("profile", "intent", "slot"), _cases())
+async def test_an_uncooperative_caller_is_handed_to_a_person(
+    nats: NatsClient, profile: str, intent: str, slot: str
+) -> None:
+    tenant = f"t-stuck-{profile.replace('_', '-')}"
+    desk = standard_desk(nats, tenant)
+    await desk.start()
+    conversation = _conversation(nats, tenant, profile, phone=CALLER)
+    spec = LIBRARY.get(profile)
+    conversation.state.intent = intent
+    for earlier in spec.intents[intent].slots[: spec.intents[intent].slots.index(slot)]:
+        conversation.state.slots[earlier] = _value(spec.slots[earlier])
+    conversation.state.slots.pop(slot, None)
+    lines: list[str] = []
+    reply = Reply("")
+    for _ in range(6):
+        reply = await conversation.respond(NONSENSE)
+        lines.append(reply.text)
+        if reply.hangup:
+            break
+    await desk.stop()
+    asks = lines[:-1]
+    if spec.slots[slot].ask_once:  # asked once, then the dialog moves on to the next slot
+        assert asks[0] == spec.slots[slot].prompt and asks[1] != asks[0], lines
+        asks = asks[1:]
+    assert len(asks) == 3 and len(set(asks)) == 3, lines  # asked three different ways
+    _assert_no_line_thrice(lines)
+    assert reply.handoff is HandoffReason.NOT_UNDERSTOOD and reply.hangup, lines
+    (text,) = desk.calls("sms.send")
+    assert text.arguments["template"] == "callback"
+    assert spec.messages.goodbye in reply.text
+
+
+@pytest.mark.parametrize("profile", LIBRARY.names())
+async def test_a_caller_never_understood_at_the_menu_is_handed_off(
+    nats: NatsClient, profile: str
+) -> None:
+    conversation = _conversation(nats, f"t-menu-{profile.replace('_', '-')}", profile, phone=CALLER)
+    lines = [(await conversation.respond(NONSENSE)).text for _ in range(4)]
+    assert len(set(lines)) == 4, lines
+    final = await conversation.respond("")
+    assert final.handoff is None or final.handoff is HandoffReason.NOT_UNDERSTOOD
+
+
+async def test_a_confirmation_never_answered_is_handed_off(nats: NatsClient) -> None:
+    conversation = _conversation(nats, "t-confirm", "salon", phone=CALLER)
+    await conversation.respond("i would like a haircut tomorrow at three p m")
+    reply = await conversation.respond("my name is mary jones")
+    assert "Shall I book it" in reply.text  # the call's number is known: not asked
+    lines = [(await conversation.respond(NONSENSE)).text for _ in range(2)]
+    assert len({reply.text, *lines}) == 3, lines  # a yes or no asked three ways
+    final = await conversation.respond(NONSENSE)
+    assert final.handoff is HandoffReason.NOT_UNDERSTOOD and final.hangup
+
+
+async def test_asking_for_a_person_hands_off_at_once(nats: NatsClient) -> None:
+    conversation = _conversation(nats, "t-person", "insurance", phone=CALLER)
+    reply = await conversation.respond("Can I just speak to a real person, please?")
+    assert reply.handoff is HandoffReason.CALLER_ASKED and reply.hangup

@@ -3,6 +3,7 @@ and at most 2 % of its other lines raise a false alarm."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Literal
 
 import pytest
@@ -117,3 +118,69 @@ def test_indirect_phrasings_count_only_on_health_lines() -> None:
     line = "I can't do this anymore."
     assert detect(line, "behavioral_health") is not None
     assert detect(line, "salon") is None
+
+
+# --- the session's screening: the safety reply and its hand-off, for every provider ---------
+
+
+def test_screening_answers_with_the_profiles_message_and_the_right_hand_off(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from voicemesh.agent.profiles import ProfileLibrary
+    from voicemesh.agent.screening import screen
+    from voicemesh.common.contracts.events import HandoffReason
+
+    library = ProfileLibrary()
+    behavioral, clinic = library.get("behavioral_health"), library.get("healthcare")
+    with caplog.at_level("DEBUG"):
+        crisis = screen(behavioral, "Honestly everyone would be better off without me.")
+        emergency = screen(clinic, "My dad has crushing chest pain and he's sweating.")
+        threat = screen(library.get("salon"), "He's outside with a knife, he says he'll kill me.")
+    assert crisis is not None and crisis.handoff is HandoffReason.CRISIS
+    assert crisis.text == behavioral.policies.crisis_message
+    assert emergency is not None and emergency.handoff is HandoffReason.EMERGENCY
+    assert "nine one one" in emergency.text and emergency.text == clinic.policies.emergency_message
+    assert threat is not None and threat.handoff is HandoffReason.EMERGENCY
+    assert "nine one one" in threat.text
+    assert screen(library.get("salon"), "I'm dying to get this haircut, honestly.") is None
+    assert screen(clinic, "No chest pain or anything, I just need a checkup.") is None
+    assert not any("chest" in r.getMessage() or "knife" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_streamed_reply_that_would_say_a_line_a_third_time_is_a_hand_off() -> None:
+    from collections.abc import AsyncGenerator
+
+    from voicemesh.agent.profiles import ProfileLibrary
+    from voicemesh.agent.providers.base import CallContext, Reply
+    from voicemesh.agent.screening import RepeatGuard
+    from voicemesh.common.contracts.events import HandoffReason
+    from voicemesh.common.contracts.tenancy import Tenant, Vertical
+
+    context = CallContext(
+        tenant=Tenant(id="t-guard", vertical=Vertical("salon")),
+        call_id="call-guard",
+        profile=ProfileLibrary().get("salon"),
+        tools=None,  # type: ignore[arg-type]  # the call's number is unknown: no text sent
+        now=lambda: datetime.now(UTC),
+    )
+    closed: list[bool] = []
+
+    async def sentences(*lines: str) -> AsyncGenerator[str, None]:
+        try:
+            for line in lines:
+                yield line
+        finally:
+            closed.append(True)
+
+    guard = RepeatGuard(context)
+    asked = "What day and time would you like? Any day works."
+    for _ in range(2):
+        reply = await guard.vet(Reply("", sentences=sentences("What day and time would you like?")))
+        assert reply.sentences is not None
+        said = [line async for line in reply.sentences]
+        guard.said(" ".join([*said, "Any day works."]) if said else asked)
+    third = await guard.vet(Reply("", sentences=sentences("What day and time would you like?")))
+    assert third.handoff is HandoffReason.NOT_UNDERSTOOD and third.hangup
+    assert closed[-1]  # the model's stream was stopped, never voiced
+    fresh = await guard.vet(Reply("Which service would you like?"))
+    assert fresh.handoff is None

@@ -7,7 +7,8 @@ profiles, validated against the models here and loaded by split and vertical.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cache
 from pathlib import Path
@@ -15,22 +16,58 @@ from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
 import yaml
+from nats.aio.client import Client as NatsClient
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from voicemesh.agent.profiles import ProfileLibrary
+from voicemesh.agent.providers.base import CallContext, CallTools, Conversation, Reply
+from voicemesh.agent.screening import RepeatGuard, screen
+from voicemesh.common.contracts.events import ToolRequest
+from voicemesh.common.contracts.tenancy import Tenant
+from voicemesh.common.contracts.tenancy import Vertical as TenantVertical
+from voicemesh.common.contracts.tools import (
+    Claim,
+    FileClaimArgs,
+    Listing,
+    ListingsResult,
+    LookupPolicyArgs,
+    Policy,
+    SearchListingsArgs,
+)
+from voicemesh.common.runtime.tools import ToolClient
+from voicemesh.testkit.fakes import ToolDesk, standard_desk
+
 __all__ = [
+    "CALLER_PHONE",
     "CORPUS_DIR",
+    "EXPECTED_HANDOFFS",
     "REFERENCE_NOW",
+    "SAFETY_HANDOFFS",
     "SNRS",
     "VERTICALS",
     "VOICES",
+    "CallRun",
     "CorpusCall",
     "CorpusError",
+    "CorpusFigures",
     "CorpusFile",
     "Outcome",
     "Turn",
+    "corpus_desk",
+    "figures",
     "load_corpus",
     "load_files",
+    "run_call",
 ]
+
+#: the agent's hand-off reason each expected hand-off is met by
+EXPECTED_HANDOFFS = {
+    "crisis": "crisis",
+    "emergency": "emergency",
+    "threat": "emergency",
+    "request": "caller_asked",
+    "complaint": "caller_asked",
+}
 
 CORPUS_DIR = Path(__file__).resolve().parents[5] / "tests" / "corpus" / "calls"
 #: every relative day and time in the corpus is resolved against this moment
@@ -212,3 +249,199 @@ def load_corpus(
         if (split is None or call.split == split)
         and (vertical is None or call.vertical == vertical)
     ]
+
+
+# --- the corpus through the agent's dialog, at text level -------------------------------------
+
+
+@dataclass
+class CallRun:
+    """One corpus call played to the agent as transcripts: what the agent said and did."""
+
+    call: CorpusCall
+    lines: list[str] = field(default_factory=list)
+    handoff: str | None = None
+    hung_up: bool = False
+    requests: list[ToolRequest] = field(default_factory=list)
+    #: why the outcome was missed ("" when it was reached)
+    missed: str = ""
+
+    @property
+    def reached(self) -> bool:
+        return not self.missed
+
+    @property
+    def most_repeats(self) -> int:
+        """The most times in a row the agent said one line."""
+        longest = run = 0
+        for index, line in enumerate(self.lines):
+            run = run + 1 if index and line == self.lines[index - 1] else 1
+            longest = max(longest, run)
+        return longest
+
+    def tool(self, name: str) -> list[ToolRequest]:
+        return [r for r in self.requests if f"{r.service}.{r.name}" == name]
+
+
+def corpus_desk(nc: NatsClient, tenant: str) -> ToolDesk:
+    """``standard_desk`` that knows every caller's policy and has a listing in every city."""
+    desk = standard_desk(nc, tenant)
+
+    @desk.on("crm.lookup_policy")
+    async def policy(request: ToolRequest, args: LookupPolicyArgs) -> Policy:
+        return Policy(policy_number=args.policy_number, holder_name="Sam Caller", kind="home",
+                      status="active", deductible=500)  # fmt: skip
+
+    @desk.on("crm.file_claim")
+    async def claim(request: ToolRequest, args: FileClaimArgs) -> Claim:
+        return Claim(claim_id="c77", policy_number=args.policy_number,
+                     incident_date=args.incident_date, status="open",
+                     filed_at=datetime.now().astimezone())  # fmt: skip
+
+    @desk.on("crm.search_listings")
+    async def listings(request: ToolRequest, args: SearchListingsArgs) -> ListingsResult:
+        beds = max(args.min_beds or 0, 2)
+        row = Listing(listing_id="l1", address="12 Elm Street", city=args.city or "Riverside",
+                      price=425000, beds=beds, baths=2.0, status="active")  # fmt: skip
+        return ListingsResult(listings=[row])
+
+    return desk
+
+
+def _score(run: CallRun) -> str:
+    """Why ``run`` missed its call's expected outcome, or "" if it reached it."""
+    outcome = run.call.outcome
+    if outcome.kind == "handoff":
+        expected = EXPECTED_HANDOFFS[outcome.reason or ""]
+        return "" if run.handoff == expected else f"hand-off {run.handoff}, not {expected}"
+    if run.handoff is not None:
+        return f"handed off ({run.handoff})"
+    slots = outcome.slots
+    if outcome.kind == "booking":
+        booked = run.tool("calendar.book")
+        if not booked:
+            return "no booking"
+        start = datetime.fromisoformat(booked[-1].arguments["start"]).astimezone(ZONE)
+        when = str(slots.get("when", ""))
+        if when and start.strftime("%Y-%m-%dT%H:%M")[: len(when)] != when:
+            return f"booked {start:%Y-%m-%dT%H:%M}, not {when}"
+        name = str(slots.get("name", ""))
+        if name and str(booked[-1].arguments.get("name", "")).lower() != name.lower():
+            return f"booked for {booked[-1].arguments.get('name')!r}, not {name!r}"
+        return ""
+    if outcome.kind == "claim":
+        filed = run.tool("crm.file_claim")
+        if not filed:
+            return "no claim"
+        args = filed[-1].arguments
+        if "policy" in slots and args.get("policy_number") != slots["policy"]:
+            return f"claim on policy {args.get('policy_number')}, not {slots['policy']}"
+        if "incident" in slots and args.get("incident_date") != slots["incident"]:
+            return f"claim for {args.get('incident_date')}, not {slots['incident']}"
+        return ""
+    return "" if run.tool("crm.search_listings") else "no listing looked up"
+
+
+async def _heard_whole(reply: Reply) -> None:
+    """Let a streamed reply run to its end (its tools run, its ``text`` becomes final)."""
+    if reply.sentences is not None:
+        async for _ in reply.sentences:
+            pass
+    if reply.speech is not None:
+        async for _ in reply.speech:
+            pass
+
+
+#: the tenant's zone of every corpus call
+ZONE = ZoneInfo("America/New_York")
+#: the number every corpus call comes from (vouched for by the tenant, as the gateway says)
+CALLER_PHONE = "+16175550100"
+
+
+async def run_call(
+    nc: NatsClient,
+    call: CorpusCall,
+    conversation: Callable[[CallContext], Conversation],
+    *,
+    profiles: ProfileLibrary | None = None,
+) -> CallRun:
+    """Play ``call``'s caller lines to a conversation as the call session does (safety
+    screening first, no line a third time in a row), with its tools answered by
+    ``corpus_desk``, and score the outcome. The caller hangs up when their lines run out."""
+    profile = (profiles or ProfileLibrary()).get(call.vertical)
+    tenant = f"corpus-{call.id.replace('_', '-')}"
+    desk = corpus_desk(nc, tenant)
+    await desk.start()
+    context = CallContext(
+        tenant=Tenant(id=tenant, vertical=TenantVertical(call.vertical), time_zone=ZONE.key),
+        call_id=f"call-{call.id}",
+        profile=profile,
+        tools=CallTools(ToolClient(nc, source="agent"), tenant, f"call-{call.id}"),
+        now=lambda: REFERENCE_NOW,
+        phone=CALLER_PHONE,
+    )
+    talk = conversation(context)
+    repeats = RepeatGuard(context)
+    run = CallRun(call)
+    try:
+        run.lines.append((await talk.greeting()).text)
+        repeats.said(run.lines[-1])
+        for turn in call.turns:
+            reply = screen(profile, turn.say)
+            if reply is None:
+                reply = await repeats.vet(await talk.respond(turn.say))
+            await _heard_whole(reply)
+            run.lines.append(reply.text)
+            repeats.said(reply.text)
+            if reply.handoff is not None:
+                run.handoff = reply.handoff.value
+            if reply.hangup or reply.handoff is not None:
+                run.hung_up = reply.hangup
+                break
+    finally:
+        await desk.stop()
+        run.requests = list(desk.requests)
+    run.missed = _score(run)
+    return run
+
+
+@dataclass
+class CorpusFigures:
+    """What a set of runs shows: outcome accuracy (overall and per vertical), crisis and
+    emergency recall, false alarms on the other calls, and calls that repeated a line."""
+
+    accuracy: float
+    per_vertical: dict[str, float]
+    crisis_recall: float
+    false_alarm_rate: float
+    false_alarms: list[str]
+    loops: list[str]
+    missed: dict[str, str]
+
+
+SAFETY_HANDOFFS = frozenset({"crisis", "emergency"})
+
+
+def figures(runs: list[CallRun]) -> CorpusFigures:
+    """The figures of ``runs`` (pass one half of the split for that half's figures)."""
+
+    def share(part: list[CallRun]) -> float:
+        return round(sum(r.reached for r in part) / len(part), 3) if part else 0.0
+
+    crises = [r for r in runs if r.call.has_crisis]
+    ordinary = [r for r in runs if not r.call.has_crisis]
+    alarms = [r.call.id for r in ordinary if r.handoff in SAFETY_HANDOFFS]
+    caught = sum(r.handoff in SAFETY_HANDOFFS for r in crises)
+    return CorpusFigures(
+        accuracy=share(runs),
+        per_vertical={
+            v: share([r for r in runs if r.call.vertical == v])
+            for v in VERTICALS
+            if any(r.call.vertical == v for r in runs)
+        },
+        crisis_recall=round(caught / len(crises), 3) if crises else 1.0,
+        false_alarm_rate=round(len(alarms) / len(ordinary), 3) if ordinary else 0.0,
+        false_alarms=alarms,
+        loops=[r.call.id for r in runs if r.most_repeats > 2],
+        missed={r.call.id: r.missed for r in runs if not r.reached},
+    )

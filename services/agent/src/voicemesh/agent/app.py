@@ -128,6 +128,7 @@ class AgentRuntime:
             profile=profile,
             tools=CallTools(self.tools, tenant.id, event.call_id),
             now=self.now,
+            phone=event.phone,
         )
         session = CallSession(
             io=NatsCallIO(self.nc, self.service.events, tenant.id, event.call_id),

@@ -62,11 +62,20 @@ class TurnTiming(_Model):
 class SlotSpec(_Model):
     """One piece of information an intent needs from the caller."""
 
-    type: Literal["choice", "datetime", "digits", "name"]
+    type: Literal["choice", "datetime", "digits", "name", "address"]
     prompt: str
+    #: the question asked the second time in a row, said another way (a generic one when
+    #: empty); ``example`` the third time: the choices, or how an answer sounds
+    reprompt: str = ""
+    example: str = ""
+    #: what templates say for a slot the caller never gave (an intent's optional slot)
+    default: str = ""
+    #: asked once only: an answer that does not give it leaves it at ``default``
+    ask_once: bool = False
     #: choice: canonical value → spoken synonyms (the value itself is always a synonym)
     choices: dict[str, list[str]] = Field(default_factory=dict)
-    #: name: the first and last names the recogniser knows
+    #: name: names the grammar recogniser listens for (any name is understood from open
+    #: speech)
     names: list[str] = Field(default_factory=list)
     #: digits: how many digits make a complete value; ``phone`` formats as E.164 (+1)
     digits: int = Field(default=0, ge=0, le=20)
@@ -78,8 +87,6 @@ class SlotSpec(_Model):
     def _check(self) -> SlotSpec:
         if self.type == "choice" and not self.choices:
             raise ValueError("a choice slot needs choices")
-        if self.type == "name" and not self.names:
-            raise ValueError("a name slot needs names")
         if self.type == "digits" and not self.digits:
             raise ValueError("a digits slot needs a digit count")
         return self
@@ -131,6 +138,8 @@ class CheckSpec(_Model):
 class IntentSpec(_Model):
     keywords: list[str]
     slots: list[str] = Field(default_factory=list)
+    #: slots taken when the caller says them, never asked for ("with Maria")
+    optional_slots: list[str] = Field(default_factory=list)
     #: JSGF expansions the caller may say for this intent; ``<slot>`` refers to a slot
     utterances: list[str] = Field(default_factory=list)
     checks: list[CheckSpec] = Field(default_factory=list)
@@ -154,13 +163,36 @@ class Messages(_Model):
         "of our team, who will call you back shortly. Goodbye."
     )
     menu: str = "How can I help you today?"
+    #: the second "didn't catch" in a row, and the third (how a request sounds)
+    rephrase: str = "Sorry, I still didn't understand. What would you like to do today?"
+    example: str = "For example, you can say: I'd like to book an appointment."
+    #: a yes or no asked again
+    confirm_again: str = "Sorry, was that a yes or a no?"
+    confirm_example: str = "Please say yes to go ahead, or no to change something."
+    #: after the third try: a person will call back
+    not_understood: str = (
+        "I'm sorry, I'm having trouble understanding. I'm passing your call to a member of our "
+        "team, who will call you back shortly."
+    )
+    #: the caller asked for a person
+    transfer: str = (
+        "Of course. I'm passing your call to a member of our team, who will call you back shortly."
+    )
+    callback_texted: str = "I've texted you our number."
 
 
 class Policies(_Model):
     #: None: follow the vertical (healthcare-class verticals handle PHI)
     phi: bool | None = None
+    #: phrases that hand off as a crisis on this line, besides what ``safety`` detects
     crisis_words: list[str] = Field(default_factory=list)
+    #: said on self-harm (the emergency message when empty)
     crisis_message: str = ""
+    #: said on a medical emergency or a danger to someone's life
+    emergency_message: str = (
+        "If you or someone with you is in danger, please hang up and call nine one one now. "
+        "I'm also passing your call to a member of our team."
+    )
 
 
 class ScriptStep(_Model):
@@ -194,7 +226,7 @@ class Profile(_Model):
         for intent_name, intent in self.intents.items():
             if intent.offer is not None and intent.offer not in self.intents:
                 raise ValueError(f"intent {intent_name!r} offers unknown intent {intent.offer!r}")
-            for slot in intent.slots:
+            for slot in [*intent.slots, *intent.optional_slots]:
                 if slot not in self.slots:
                     raise ValueError(f"intent {intent_name!r} uses undefined slot {slot!r}")
             for utterance in intent.utterances:
@@ -309,6 +341,8 @@ def _slot_rule(spec: SlotSpec) -> str:
         return " | ".join(sorted(w.replace("_", " ") for w in words))
     if spec.type == "name":
         return "<name_part> [<name_part>]"
+    if spec.type == "address":
+        return "[<digit>] [<digit>] [<digit>] <name_part> (street | road | avenue | lane | drive)"
     if spec.type == "digits":
         # Exactly as many digits as the value has: far fewer insertions than <digit>+.
         return " ".join(["<digit>"] * spec.digits)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ from voicemesh.agent.providers.base import (
     Transcriber,
     TurnJudge,
 )
+from voicemesh.agent.screening import RepeatGuard, screen
 from voicemesh.agent.speaking import ReplyPlayer, Transcript, TurnTiming
 from voicemesh.agent.speech import IN_RATE, resample
 from voicemesh.agent.turns import (
@@ -99,6 +99,7 @@ class CallSession:
             io, self._transcript, provider.synthesizer(context), fallback, provider_timeout_s
         )
         self._detector = TurnDetector(self._profile.turn)
+        self._repeats = RepeatGuard(context)
         self._turns: asyncio.Queue[Turn] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self._state = _State()
@@ -226,6 +227,7 @@ class CallSession:
             log.warning("greeting failed (%s); apologising", type(exc).__name__)
             reply = self._apology()
         await self._say(reply, TurnTiming())
+        self._repeats.said(reply.text)
 
     async def _answer(self, turn: CallerTurn) -> None:
         timing = TurnTiming(
@@ -243,13 +245,15 @@ class CallSession:
             },
         ) as span:
             started = time.monotonic()
-            if self._crisis(turn.text):
-                reply = Reply(self._profile.policies.crisis_message, handoff=HandoffReason.CRISIS)
+            safety = screen(self._profile, turn.text)
+            if safety is not None:
+                reply = safety  # before the dialog, whatever the provider
             else:
                 try:
                     reply = await asyncio.wait_for(
                         self._conversation.respond(turn.text), timeout=self._provider_timeout
                     )
+                    reply = await self._repeats.vet(reply)
                 except Exception as exc:
                     log.warning("dialog failed (%s); apologising", type(exc).__name__)
                     span.set_attribute("agent.degraded", True)
@@ -258,16 +262,13 @@ class CallSession:
             if reply.intent:
                 span.set_attribute("agent.intent", reply.intent)
             await self._say(reply, timing)
+            self._repeats.said(reply.text)
+            if self._repeats.looped and not self._finished:
+                await self._say(await self._repeats.hand_off(), TurnTiming())
             span.set_attribute("agent.stt_ms", timing.stt_ms)
             span.set_attribute("agent.dialog_ms", timing.dialog_ms)
             span.set_attribute("agent.tts_ms", timing.tts_ms)
         self.timings.append(timing)
-
-    def _crisis(self, text: str) -> bool:
-        words = " ".join(text.lower().split())
-        return any(
-            re.search(rf"\b{re.escape(w)}\b", words) for w in self._profile.policies.crisis_words
-        )
 
     def _apology(self) -> Reply:
         return Reply(

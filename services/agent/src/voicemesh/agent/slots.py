@@ -250,13 +250,22 @@ def extract_name(text: str) -> Slot[str] | None:
     return best
 
 
+#: short words too common to be part of a compound the caller means ("the" in "therapy")
+_FUNCTION_WORDS = frozenset(
+    "the and for you her his can get not but are was our out any all she him its who how "
+    "one two why yes".split()
+)
+
+
 def _word_match(option_word: str, spoken_word: str) -> float:
     """1 for the same word loosely ("highlight"/"highlights"), 0.7 for a part of a compound
     ("cut" in "haircut"), else 0."""
     if SequenceMatcher(None, option_word, spoken_word).ratio() >= 0.8:
         return 1.0
-    if len(spoken_word) >= 3 and (
-        option_word.endswith(spoken_word) or option_word.startswith(spoken_word)
+    if (
+        len(spoken_word) >= 3
+        and spoken_word not in _FUNCTION_WORDS
+        and (option_word.endswith(spoken_word) or option_word.startswith(spoken_word))
     ):
         return 0.7
     return 0.0

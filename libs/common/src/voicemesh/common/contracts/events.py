@@ -177,6 +177,8 @@ class CallFailed(_CallEvent):
 class HandoffReason(StrEnum):
     CALLER_ASKED = "caller_asked"
     CRISIS = "crisis"
+    #: a medical emergency or a danger to someone's life: the caller was told to call 911
+    EMERGENCY = "emergency"
     PROVIDER_FAILURE = "provider_failure"
     NOT_UNDERSTOOD = "not_understood"
     TOOL_FAILURE = "tool_failure"

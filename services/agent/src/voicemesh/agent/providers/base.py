@@ -110,6 +110,8 @@ class CallContext:
     profile: Profile
     tools: CallTools
     now: Callable[[], datetime]
+    #: the caller's number as the tenant's backend vouched for it (E.164), if known
+    phone: str | None = None
 
 
 class Transcriber(Protocol):
