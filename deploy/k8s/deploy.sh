@@ -130,7 +130,7 @@ has_secret voicemesh nats-users || put_secret voicemesh nats-users \
 add_secret_key voicemesh nats-users "$(env_name "$tenant")" "$(random)"
 # nats-server refuses to start on a password variable its pods do not have: every user of
 # auth.conf gets one (a tenant not deployed yet gets a password no pod knows).
-for variable in $(grep -oE '\$VM_NATS_PASSWORD_[A-Z0-9_]+' "$K8S/base/nats/auth.conf" | sort -u); do
+for variable in $(k kustomize "$K8S/base" | grep -oE '\$VM_NATS_PASSWORD_[A-Z0-9_]+' | sort -u); do
   add_secret_key voicemesh nats-users "${variable#\$}" "$(random)"
 done
 nats_password="$(secret_key voicemesh nats-users "$(env_name "$tenant")")"
