@@ -35,7 +35,9 @@ PATCHED_INTERNALS = {
     "aiortc.codecs.opus:OpusDecoder": "40cd30859e54f638",
     # advertise.gathering_on: aioice looks get_host_addresses up by its global name while
     # gathering, which aiortc runs inside setLocalDescription (the answering task's context).
-    "aioice.ice:get_host_addresses": "d4a54f9a68c39ff1",
+    # Read through advertise's saved original: the module global is the patch while a
+    # gateway in this process is gathering.
+    "voicemesh.gateway.advertise:_original_host_addresses": "d4a54f9a68c39ff1",
     "aioice.ice:Connection.gather_candidates": "d33db28d4d1e49ff",
     "aiortc.rtcicetransport:RTCIceGatherer.gather": "147d15cd640f570e",
     "aiortc.rtcpeerconnection:RTCPeerConnection._RTCPeerConnection__gather": "8b6a11b5afe39a10",
