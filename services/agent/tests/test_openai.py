@@ -286,6 +286,7 @@ async def test_a_reply_plays_while_the_model_is_still_producing_it(
         assert live[0][0] < first + voice_s - 0.5, (live[0][0] - first, voice_s)
 
 
+@pytest.mark.slow  # barge-in timing on a voice at real speed: the serial phase
 @pytest.mark.parametrize("mesh", [1.0], indirect=True)
 async def test_speaking_over_a_streaming_reply_stops_it_and_keeps_only_what_was_heard(
     mesh: Mesh, agent_for: AgentFactory, provider: str

@@ -9,6 +9,7 @@ from typing import Any
 
 import aiortc.rtcrtpreceiver
 import numpy as np
+import pytest
 
 from voicemesh.common import encode_frame
 from voicemesh.common.contracts.audio import AudioFrame
@@ -80,6 +81,7 @@ def test_a_standing_frame_of_delay_is_trimmed() -> None:
     assert playout.trimmed == 2 and playout.buffered_ms == 20
 
 
+@pytest.mark.slow  # measures a millisecond phase shift: the serial phase
 async def test_agent_track_moves_its_tick_next_to_the_arrivals() -> None:
     playout = Playout(prefill_ms=0)
     track = AgentAudioTrack(playout)

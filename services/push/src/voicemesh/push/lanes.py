@@ -84,6 +84,7 @@ class TenantLane:
     _loop: asyncio.Task[None] | None = field(default=None, init=False)
     _beat: asyncio.Task[None] | None = field(default=None, init=False)
     _sub: JetStreamContext.PullSubscription | None = field(default=None, init=False)
+    _stopping: bool = field(default=False, init=False)
 
     @property
     def in_flight(self) -> int:
@@ -103,6 +104,9 @@ class TenantLane:
     async def stop(self) -> None:
         """Stop fetching, give in-flight events ``STOP_GRACE_S``, then NAK what is left so
         another replica takes it over at once; calling it twice is harmless."""
+        # nats-py may swallow a cancellation mid-fetch (and with it the task's cancelling
+        # count): the flag makes the fetch loop end at its next turn all the same.
+        self._stopping = True
         for task in (self._loop, self._beat):
             if task is not None:
                 task.cancel()
@@ -125,7 +129,7 @@ class TenantLane:
 
     async def _run(self) -> None:
         assert self._sub is not None
-        while True:
+        while not self._stopping:
             while len(self._inflight) >= self.window:
                 self._room.clear()
                 await self._room.wait()
@@ -136,12 +140,14 @@ class TenantLane:
             except TimeoutError:
                 # Nothing to fetch (nats-py raises asyncio's and its own kind), or a stop
                 # that nats-py turned into a timeout: then stop.
-                if _cancelling():
+                if self._stopping or _cancelling():
                     raise asyncio.CancelledError from None
                 continue
             except Exception as exc:
                 # Reconnecting (nats-py reconnects by itself) or a bug: never let the lane
                 # die, try again shortly.
+                if self._stopping:
+                    raise asyncio.CancelledError from None
                 log.warning("lane %s: fetch failed (%s)", self.tenant, type(exc).__name__)
                 await asyncio.sleep(1.0)
                 continue
