@@ -5,10 +5,11 @@ probes, resources or the hardened security context, ``latest`` or untagged image
 Secret values written inline, grace periods shorter than the services' graceful shutdown,
 voicemesh containers without OTLP or Prometheus annotations or whose liveness probe asks
 a dependency (``/readyz``, ``/healthz``: NATS down must not restart pods) or that reach
-NATS, Redis or PostgreSQL without verified TLS or run with the demo settings on, namespaces
-without a default-deny NetworkPolicy, tenant pods that connect as another NATS user, and tenant
-NATS users whose permissions reach outside ``vm.<tenant>.>``. ``validate.py`` runs it on
-every overlay; ``tests/k8s`` shows it failing.
+NATS, Redis or PostgreSQL without verified TLS or run with the demo settings on, commands
+or arguments that expand a Secret's value, namespaces without a default-deny
+NetworkPolicy, tenant pods that connect as another NATS user, and tenant NATS users whose
+permissions reach outside ``vm.<tenant>.>``. ``validate.py`` runs it on every overlay;
+``tests/k8s`` shows it failing.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ _SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|API_?KEY|CREDENTIAL|PRIVATE|_A
 _REF_ONLY = re.compile(r"^(\$\([A-Za-z_][A-Za-z0-9_]*\))+$")
 _URL_CREDENTIALS = re.compile(r"://[^/@\s:]*:(?P<password>[^@/\s]+)@")
 _SECRET_ARG = re.compile(r"(secret|password|passwd|token)\s*[=:]\s*(?P<value>\S+)", re.I)
+#: Kubernetes' ``$(VAR)`` expansion in env values, command and args (``$$`` escapes a ``$``).
+_EXPANSION = re.compile(r"\$\$|\$\((?P<var>[A-Za-z_][A-Za-z0-9_]*)\)")
 
 
 @dataclass(frozen=True)
@@ -171,6 +174,7 @@ def _check_container(
         yield from _check_demo_off(where, image, env)
 
     yield from _check_inline_secrets(where, container)
+    yield from _check_secret_argv(where, container, env)
 
 
 def _probe_path(spec: Doc) -> str:
@@ -250,6 +254,50 @@ def _check_inline_secrets(where: str, container: Doc) -> Iterator[Violation]:
         match = _SECRET_ARG.search(str(arg))
         if match and "$(" not in match["value"]:
             yield Violation(where, "inline-secret", f"argument {arg!r} carries a secret")
+
+
+def _expanded(text: str) -> set[str]:
+    """The variables ``text`` expands with ``$(VAR)``."""
+    return {m["var"] for m in _EXPANSION.finditer(text) if m["var"]}
+
+
+def _check_secret_argv(where: str, container: Doc, env: dict[str, str]) -> Iterator[Violation]:
+    """No command or argument expands a Secret's value: every process's command line is
+    visible on its node (``ps``; for coturn on the host network, to anyone on the node).
+    A Secret reaches a process as a mounted file (or in its environment).
+
+    Secret-sourced: an env var from a ``secretKeyRef``, one whose value expands such a var
+    (a URL with a password), and any var a ``secretRef`` in ``envFrom`` may define.
+    """
+    secret: set[str] = set()
+    defined = set(env)
+    for item in container.get("env") or []:
+        name = str(item.get("name", ""))
+        from_secret = "secretKeyRef" in (item.get("valueFrom") or {})
+        if from_secret or _expanded(str(item.get("value", ""))) & secret:
+            secret.add(name)
+        else:
+            secret.discard(name)
+        defined.add(name)
+    secret_refs = [
+        str(source["secretRef"].get("name"))
+        for source in container.get("envFrom") or []
+        if "secretRef" in source
+    ]
+    for field in ("command", "args"):
+        for index, arg in enumerate(container.get(field) or []):
+            for var in sorted(_expanded(str(arg))):
+                if var in secret:
+                    origin = "a Secret's value"
+                elif var not in defined and secret_refs:
+                    origin = f"from Secret {', '.join(secret_refs)} (envFrom)"
+                else:
+                    continue
+                yield Violation(
+                    where,
+                    "secret-argv",
+                    f"{field}[{index}] expands $({var}), {origin}: mount the Secret as a file",
+                )
 
 
 def _grace_needed(pod: Doc, envs: list[dict[str, str]]) -> float:

@@ -8,6 +8,7 @@ import copy
 import subprocess
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -329,6 +330,21 @@ VERTICAL_BREAKAGES: dict[str, tuple[Mutation, str]] = {
     "PostgreSQL not verified": (_set_env("PGSSLROOTCERT", ""), "tls"),
     "demo records seeded": (_set_env("VOICEMESH_SEED_DEMO_DATA", "true"), "demo"),
     "another tenant's NATS user": (_set_env("VOICEMESH_NATS_USER", "demo-legal"), "nats-user"),
+    "a Secret expanded in the arguments": (
+        lambda d: _crm(d).setdefault("args", []).append("--password=$(VOICEMESH_NATS_PASSWORD)"),
+        "secret-argv",
+    ),
+    "a URL with a password expanded in the command": (
+        lambda d: _crm(d).update(command=["sh", "-c", "exec crm --redis $(VOICEMESH_REDIS_URL)"]),
+        "secret-argv",
+    ),
+    "a variable of an envFrom Secret expanded": (
+        lambda d: (
+            _crm(d).setdefault("envFrom", []).append({"secretRef": {"name": "provider-keys"}}),
+            _crm(d).setdefault("args", []).append("--key=$(OPENAI_KEY)"),
+        ),
+        "secret-argv",
+    ),
 }
 
 
@@ -441,3 +457,82 @@ def test_policy_fails_when_the_gateway_allows_every_origin(
     else:
         data["VOICEMESH_CORS_ORIGINS"] = origins
     assert "demo" in rules(k8s, docs)
+
+
+def _coturn(docs: Docs) -> Doc:
+    return container(find(docs, "DaemonSet", "coturn"), "coturn")
+
+
+def test_policy_fails_when_the_turn_secret_is_on_coturns_command_line(
+    k8s: ModuleType, passing: Callable[[str], Docs]
+) -> None:
+    """coturn runs on the host network: its command line is visible to anyone on the node."""
+    docs = passing("base")
+    coturn = _coturn(docs)
+    coturn.pop("command")
+    coturn["args"] = ["-c", "/etc/coturn/turnserver.conf", "--static-auth-secret=$(TURN_SECRET)"]
+    secret = {"secretKeyRef": {"name": "turn", "key": "static-auth-secret"}}
+    coturn["env"] = [{"name": "TURN_SECRET", "valueFrom": secret}]
+    violations = [v for v in k8s.policy.check(docs) if v.rule == "secret-argv"]
+    assert [(v.where, v.detail.split(",")[0]) for v in violations] == [
+        ("DaemonSet/voicemesh/coturn container coturn", "args[2] expands $(TURN_SECRET)")
+    ]
+
+
+def test_arguments_may_expand_what_is_not_secret(
+    k8s: ModuleType, passing: Callable[[str], Docs]
+) -> None:
+    """ConfigMap and downward API values, a Secret's name overridden by a literal value, and
+    the escaped ``$$(VAR)`` (a literal ``$(VAR)``) are no Secret on the command line."""
+    docs = passing("verticals/healthcare")
+    crm = _crm(docs)
+    crm["env"] += [
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "VOICEMESH_NATS_PASSWORD", "value": "$(NOT_DEFINED)"},
+    ]
+    crm["args"] = [
+        "--tenant=$(VOICEMESH_TENANT)",
+        "--pod=$(POD_NAME)",
+        "--nats=$(VOICEMESH_NATS_PASSWORD)",
+        "--literal=$$(VOICEMESH_REDIS_URL)",
+    ]
+    assert "secret-argv" not in rules(k8s, docs)
+
+
+def test_coturn_reads_the_turn_secret_from_a_file_only(
+    rendered: dict[str, Docs], tmp_path: Path
+) -> None:
+    """The shipped container writes turnserver.conf plus the secret to a memory-backed file
+    only its user may read, then runs turnserver on that file: no secret in its argv or env."""
+    docs = rendered["base"]
+    daemonset = find(docs, "DaemonSet", "coturn")
+    coturn = _coturn(docs)
+    assert "env" not in coturn and "envFrom" not in coturn and "args" not in coturn
+    mounts = {m["mountPath"]: m["name"] for m in coturn["volumeMounts"]}
+    volumes = {v["name"]: v for v in daemonset["spec"]["template"]["spec"]["volumes"]}
+    assert volumes[mounts["/etc/coturn-secret"]]["secret"]["secretName"] == "turn"
+    assert volumes[mounts["/run/coturn"]]["emptyDir"]["medium"] == "Memory"
+    shell, flag, script = coturn["command"]
+    *prepare, start = script.strip().splitlines()
+    assert start == "exec turnserver -c /run/coturn/turnserver.conf"
+
+    # The preparing lines, run by a real shell on local copies of the container's mounts.
+    local = {p: tmp_path / p.strip("/").replace("/", "-") for p in mounts}
+    prepared = "\n".join(prepare)
+    for mount_path in sorted(local, key=len, reverse=True):  # /etc/coturn-secret first
+        prepared = prepared.replace(f"{mount_path}/", f"{local[mount_path]}/")
+        local[mount_path].mkdir()
+    conf = find_prefix(docs, "ConfigMap", "coturn-config-")["data"]["turnserver.conf"]
+    (local["/etc/coturn"] / "turnserver.conf").write_text(conf)
+    secret_file = local["/etc/coturn-secret"] / "static-auth-secret"
+    written = local["/run/coturn"] / "turnserver.conf"
+
+    secret_file.write_text("a1b2\\c3%s")  # a backslash and a format directive survive
+    result = subprocess.run([shell, flag, prepared], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    assert written.stat().st_mode & 0o777 == 0o600
+    assert written.read_text() == f"{conf}\nstatic-auth-secret=a1b2\\c3%s\n"
+
+    secret_file.write_text("")  # an empty Secret: turnserver is not started without one
+    result = subprocess.run([shell, flag, prepared], capture_output=True, text=True, check=False)
+    assert result.returncode != 0

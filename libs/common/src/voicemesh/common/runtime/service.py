@@ -20,6 +20,9 @@ public unless the settings close them (``public_docs``, ``public_metrics``,
 Start order: resources (``on_startup``) → broker and subscribers → HTTP ready.
 Stop order (SIGTERM or Ctrl-C): HTTP stops accepting → broker drains in-flight handlers
 (``graceful_timeout``) → resources closed (``on_shutdown``, reverse order) → spans flushed.
+A SIGTERM while the service is still starting (a hook or the broker waiting for an
+unreachable NATS, which it retries forever) abandons the start: what was opened is closed
+and the process exits 0 at once, not when Kubernetes' grace period runs out.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import logging
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
+from types import FrameType
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import uvicorn
@@ -69,6 +73,10 @@ SettingsT = TypeVar("SettingsT", bound=ServiceSettings)
 StateT = TypeVar("StateT")
 
 HEALTH_PING_TIMEOUT_S = 1.0
+#: How often an abandoned start is cancelled again until it has ended.
+CANCEL_AGAIN_S = 0.05
+#: What stops a served service: Kubernetes' SIGTERM, Ctrl-C.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class Startable(Protocol):
@@ -113,6 +121,9 @@ class MeshService:
         self._startup: list[Hook] = []
         self._shutdown: list[Hook] = []
         self._running = False
+        self._abandoned = False
+        self._starting: asyncio.Task[None] | None = None
+        self._stopper: asyncio.Future[None] | None = None
         self._state: dict[type, object] = {}
         docs = settings.public_docs
         self.http = FastAPI(
@@ -208,17 +219,54 @@ class MeshService:
     # -- lifecycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
+        """Run the startup hooks, then start the broker and its subscribers.
+
+        After ``abandon_start`` it returns without the service running, having closed what
+        the hooks had opened.
+        """
+        if self._abandoned:
+            return
+        nats_urls = ", ".join(self.settings.nats_urls)
+        log.info("%s starting; NATS %s", self.name, nats_urls)
+        starting = asyncio.ensure_future(self._start_parts())
+        self._starting = starting
+        try:
+            await starting
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if not starting.cancelled() or (current is not None and current.cancelling()):
+                raise  # this task itself is cancelled, not only the start
+            log.info("%s stopped while starting", self.name)
+            await self._close()
+            return
+        finally:
+            self._starting = None
+        self._running = True
+        log.info("%s started; NATS %s", self.name, nats_urls)
+
+    async def _start_parts(self) -> None:
         for hook in self._startup:
             await hook()
         await self.faststream.start()
-        self._running = True
-        log.info("%s started; NATS %s", self.name, ", ".join(self.settings.nats_urls))
+
+    def abandon_start(self) -> None:
+        """Give up a start in progress or not begun yet (SIGTERM while starting).
+
+        A service already running is not affected: ``stop`` ends it.
+        """
+        if self._starting is not None and not self._abandoned:
+            # Held here: a task nothing refers to may be garbage-collected before it ends.
+            self._stopper = asyncio.ensure_future(_cancel_until_done(self._starting))
+        self._abandoned = True
 
     async def stop(self) -> None:
         """Drain and close; calling it twice is harmless."""
         if not self._running:
             return
         self._running = False
+        await self._close()
+
+    async def _close(self) -> None:
         try:
             await self.faststream.stop()
         finally:
@@ -263,6 +311,15 @@ class MeshService:
         return Response(generate_latest(self.telemetry.registry), media_type=CONTENT_TYPE_LATEST)
 
 
+async def _cancel_until_done(task: asyncio.Task[None]) -> None:
+    """Cancel ``task`` again until it ends: Python 3.11's ``asyncio.wait_for`` (which nats-py
+    connects with) loses a cancellation that comes as the attempt it waits for fails, and the
+    connection loop then retries on as if nothing had happened."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=CANCEL_AGAIN_S)
+
+
 def _answer_with(status_code: int) -> Callable[[Request, Exception], Awaitable[Response]]:
     async def answer(_request: Request, exc: Exception) -> Response:
         return JSONResponse({"detail": str(exc)}, status_code=status_code)
@@ -271,22 +328,39 @@ def _answer_with(status_code: int) -> Callable[[Request, Exception], Awaitable[R
 
 
 class GracefulServer(uvicorn.Server):
-    """uvicorn, but a SIGTERM or SIGINT that shut the service down cleanly exits with 0.
+    """uvicorn, but a SIGTERM or SIGINT that shut the service down cleanly exits with 0,
+    and one that comes while the service is still starting ends the start.
 
     (uvicorn re-raises the captured signal after shutdown, so the process would report
-    death by signal even when every call was drained.)
+    death by signal even when every call was drained; and it only notes a signal during
+    startup, which a service waiting for NATS would never get past.)
     """
+
+    def __init__(self, config: uvicorn.Config, service: MeshService) -> None:
+        super().__init__(config)
+        self.service = service
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+        for sig in STOP_SIGNALS:
             loop.add_signal_handler(sig, self.handle_exit, sig, None)
         try:
             yield
         finally:
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig, handler in previous.items():
                 loop.remove_signal_handler(sig)
+                signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        self.service.abandon_start()
+
+
+def _exit_at_once(_sig: int, _frame: FrameType | None) -> None:
+    """SIGTERM before the server runs: nothing is open yet, so exit cleanly now."""
+    raise SystemExit(0)
 
 
 def run(service: MeshService, **uvicorn_options: Any) -> None:
@@ -302,14 +376,16 @@ def run(service: MeshService, **uvicorn_options: Any) -> None:
         timeout_graceful_shutdown=int(settings.graceful_timeout),
         **uvicorn_options,
     )
-    server = GracefulServer(config)
+    server = GracefulServer(config, service)
     asyncio.run(server.serve())
     if not server.started:
         raise SystemExit(1)
 
 
 def setup_process(service_name: str, settings: ServiceSettings) -> None:
-    """Logging for a service entry point; healthcare-class tenants get PHI redaction."""
+    """Logging for a service entry point (healthcare-class tenants get PHI redaction), and
+    a SIGTERM from here until ``run`` serves exits 0 at once."""
+    signal.signal(signal.SIGTERM, _exit_at_once)
     redact = any(t.vertical.handles_phi for t in settings.tenant_registry())
     configure_logging(service_name, settings.log_level, redact_phi=redact)
 
