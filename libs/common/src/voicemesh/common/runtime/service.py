@@ -336,9 +336,9 @@ class GracefulServer(uvicorn.Server):
     startup, which a service waiting for NATS would never get past.)
     """
 
-    def __init__(self, config: uvicorn.Config, service: MeshService) -> None:
+    def __init__(self, config: uvicorn.Config, service: MeshService | None = None) -> None:
         super().__init__(config)
-        self.service = service
+        self.service = service  # None: a plain app (the APNs simulator's admin API)
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -355,7 +355,8 @@ class GracefulServer(uvicorn.Server):
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         super().handle_exit(sig, frame)
-        self.service.abandon_start()
+        if self.service is not None:
+            self.service.abandon_start()
 
 
 def _exit_at_once(_sig: int, _frame: FrameType | None) -> None:
