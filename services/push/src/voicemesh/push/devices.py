@@ -17,6 +17,7 @@ from typing import Literal
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
+from sqlalchemy import BigInteger
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import Field, SQLModel, UniqueConstraint, col, select
@@ -46,8 +47,9 @@ class Device(SQLModel, table=True):
     environment: str = Field(max_length=16)
     platform: str = Field(max_length=16)
     active: bool = True
-    registered_at_ms: int
-    deactivated_at_ms: int | None = None
+    # Milliseconds since the epoch pass 2**31: 64-bit columns (PostgreSQL's INTEGER is 32).
+    registered_at_ms: int = Field(sa_type=BigInteger)
+    deactivated_at_ms: int | None = Field(default=None, sa_type=BigInteger)
     deactivated_reason: str | None = Field(default=None, max_length=64)
 
 
