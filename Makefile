@@ -38,12 +38,16 @@ COV_FLOOR ?= 70
 # with their real-time audio. Coverage from both phases (and from the services they start as
 # subprocesses) is combined into one report.
 TEST_WORKERS ?= 3
+# The cluster rehearsal's own run (make rehearse; its pytest module needs root and brings the
+# whole cluster up) is not part of make test yet: on a fresh clone its OTLP stand-in cannot
+# start. Its translation tests still run here.
+REHEARSAL_TESTS := tests/rehearsal/test_rehearsal.py
 
 test-only:  ## the test suite alone, with branch coverage (services in subprocesses too)
 	@rm -f .coverage .coverage.*
 	$(UV_RUN) pytest -m "not slow" -n $(TEST_WORKERS) --dist worksteal --durations=10 \
 		--cov --cov-branch --cov-report= $(PYTEST_ARGS)
-	$(UV_RUN) pytest -m slow --durations=10 \
+	$(UV_RUN) pytest -m slow --durations=10 --ignore=$(REHEARSAL_TESTS) \
 		--cov --cov-branch --cov-append --cov-report=term:skip-covered --cov-fail-under=$(COV_FLOOR) \
 		$(PYTEST_ARGS)
 
